@@ -1,0 +1,106 @@
+//! Parsing and validation of a `POST /payments` body into domain types. Money is read from
+//! the JSON number's own text, never through a float.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::error::ApiError;
+use crate::domain::money::AmountError;
+use crate::domain::{Cents, CorrelationId};
+
+/// Largest accepted request body.
+pub const MAX_BODY_BYTES: usize = 4 * 1024;
+
+#[derive(Deserialize)]
+struct Body<'a> {
+    #[serde(rename = "correlationId", borrow, default, deserialize_with = "present")]
+    correlation_id: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    amount: Option<&'a RawValue>,
+}
+
+/// A field that is present, even as `null`, is `Some`: null is a wrong type, not a missing field.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+/// A validated payment request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NewPayment {
+    pub id: CorrelationId,
+    pub cents: Cents,
+}
+
+pub fn parse(body: &[u8]) -> Result<NewPayment, ApiError> {
+    // serde would read a struct from an array too; only an object is a payment.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        serde_json::from_slice::<serde::de::IgnoredAny>(body).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+        return Err(ApiError::WrongType { field: "body", expected: "a JSON object" });
+    }
+    let parsed: Body = serde_json::from_slice(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => ApiError::WrongType { field: "body", expected: "a JSON object" },
+        _ => ApiError::MalformedJson(e.to_string()),
+    })?;
+    let id = parsed.correlation_id.ok_or(ApiError::MissingField("correlationId"))?.get().as_bytes();
+    let amount = parsed.amount.ok_or(ApiError::MissingField("amount"))?.get().as_bytes();
+    // A UUID inside a JSON string never needs escapes, so the raw text is the value.
+    let id = match id {
+        [b'"', inner @ .., b'"'] => CorrelationId::parse(inner).ok_or(ApiError::InvalidCorrelationId)?,
+        _ => return Err(ApiError::WrongType { field: "correlationId", expected: "a string" }),
+    };
+    let cents = Cents::parse_json_number(amount).map_err(|e| match e {
+        AmountError::NotANumber => ApiError::WrongType { field: "amount", expected: "a number" },
+        e => ApiError::InvalidAmount(e),
+    })?;
+    Ok(NewPayment { id, cents })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(body: &str) -> String {
+        match parse(body.as_bytes()) {
+            Ok(_) => "ok".into(),
+            Err(e) => format!("{e:?}").split(['(', ' ', '{']).next().unwrap().to_string(),
+        }
+    }
+
+    #[test]
+    fn accepts_the_contest_body() {
+        let p = parse(br#"{"correlationId":"4a7901b8-7d26-4d9d-aa19-4dc1c7cf60b3","amount":19.90}"#).unwrap();
+        assert_eq!(p.cents.get(), 1990);
+        assert_eq!(p.id.to_string(), "4a7901b8-7d26-4d9d-aa19-4dc1c7cf60b3");
+    }
+
+    #[test]
+    fn ignores_unknown_fields_of_any_shape() {
+        let b = r#"{"x":{"y":[1,"}"]},"amount":1,"correlationId":"4a7901b8-7d26-4d9d-aa19-4dc1c7cf60b3","z":null}"#;
+        assert_eq!(code(b), "ok");
+    }
+
+    #[test]
+    fn maps_each_bad_input_to_its_error() {
+        let id = "4a7901b8-7d26-4d9d-aa19-4dc1c7cf60b3";
+        let cases = [
+            ("{", "MalformedJson"),
+            ("", "MalformedJson"),
+            ("[]", "WrongType"),
+            ("42", "WrongType"),
+            (r#"{"amount":1}"#, "MissingField"),
+            (&format!(r#"{{"correlationId":"{id}"}}"#), "MissingField"),
+            (&format!(r#"{{"correlationId":"{id}","amount":"1.00"}}"#), "WrongType"),
+            (&format!(r#"{{"correlationId":"{id}","amount":null}}"#), "WrongType"),
+            (r#"{"correlationId":7,"amount":1}"#, "WrongType"),
+            (r#"{"correlationId":"nope","amount":1}"#, "InvalidCorrelationId"),
+            (&format!(r#"{{"correlationId":"{id}","amount":0}}"#), "InvalidAmount"),
+            (&format!(r#"{{"correlationId":"{id}","amount":-1}}"#), "InvalidAmount"),
+            (&format!(r#"{{"correlationId":"{id}","amount":1.001}}"#), "InvalidAmount"),
+            (&format!(r#"{{"correlationId":"{id}","amount":1e3}}"#), "InvalidAmount"),
+            (&format!(r#"{{"correlationId":"{id}","amount":10000000000000}}"#), "InvalidAmount"),
+        ];
+        for (body, want) in cases {
+            assert_eq!(code(body), want, "{body}");
+        }
+    }
+}

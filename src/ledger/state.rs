@@ -1,0 +1,184 @@
+//! The ledger's state as a pure function of its events: payments by id, their forward-only
+//! status, and the per-processor summary index. Replaying the journal through
+//! [`State::apply`] rebuilds exactly the state the running gateway had.
+
+use rustc_hash::FxHashMap;
+
+use super::summary::{SummaryIndex, Totals};
+use crate::domain::{Cents, CorrelationId, UtcMillis};
+use crate::processor::ProcessorIdx;
+
+/// A change to the ledger. Every change is journaled before its effects leave the ledger.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    Accepted { id: CorrelationId, cents: Cents, accepted_at: UtcMillis },
+    /// About to send the payment to `processor` with this `requestedAt`.
+    Intent { id: CorrelationId, processor: ProcessorIdx, requested_at: UtcMillis },
+    /// The processor recorded the payment with this `requestedAt`.
+    Processed { id: CorrelationId, processor: ProcessorIdx, requested_at: UtcMillis },
+    /// The processor certainly did not record the payment and never will.
+    Rejected { id: CorrelationId, processor: ProcessorIdx },
+    Purged,
+}
+
+/// Where a payment is in its life. It only moves forward:
+/// Pending → Sent → (Processed | back to Pending after a definitive rejection).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Pending,
+    Sent { processor: ProcessorIdx, requested_at: UtcMillis },
+    Processed { processor: ProcessorIdx, requested_at: UtcMillis },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Payment {
+    pub cents: Cents,
+    pub accepted_at: UtcMillis,
+    pub status: Status,
+}
+
+/// An event that does not fit the state: a defect, or a journal that is not ours.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("event {event:?} does not apply to payment state {found:?}")]
+pub struct ApplyError {
+    pub event: Event,
+    pub found: Option<Payment>,
+}
+
+#[derive(Clone, Debug)]
+pub struct State {
+    payments: FxHashMap<u128, Payment>,
+    summaries: Vec<SummaryIndex>,
+    /// Payments accepted and not yet processed.
+    unfinished: usize,
+}
+
+impl State {
+    pub fn new(processors: usize) -> State {
+        State { payments: FxHashMap::default(), summaries: vec![SummaryIndex::new(); processors], unfinished: 0 }
+    }
+
+    pub fn get(&self, id: CorrelationId) -> Option<&Payment> {
+        self.payments.get(&id.0)
+    }
+
+    pub fn unfinished(&self) -> usize {
+        self.unfinished
+    }
+
+    pub fn len(&self) -> usize {
+        self.payments.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.payments.is_empty()
+    }
+
+    pub fn payments(&self) -> impl Iterator<Item = (CorrelationId, &Payment)> {
+        self.payments.iter().map(|(&k, v)| (CorrelationId(k), v))
+    }
+
+    /// Per-processor totals of processed payments with `from <= requestedAt <= to`.
+    pub fn summary(&self, from: Option<UtcMillis>, to: Option<UtcMillis>) -> Vec<Totals> {
+        self.summaries.iter().map(|s| s.range(from, to)).collect()
+    }
+
+    pub fn apply(&mut self, event: &Event) -> Result<(), ApplyError> {
+        let bad = |found: Option<&Payment>| ApplyError { event: *event, found: found.copied() };
+        match *event {
+            Event::Accepted { id, cents, accepted_at } => {
+                if let Some(p) = self.payments.get(&id.0) {
+                    return Err(bad(Some(p)));
+                }
+                self.payments.insert(id.0, Payment { cents, accepted_at, status: Status::Pending });
+                self.unfinished += 1;
+            }
+            Event::Intent { id, processor, requested_at } => {
+                let p = self.payments.get_mut(&id.0).ok_or_else(|| bad(None))?;
+                if p.status != Status::Pending || usize::from(processor) >= self.summaries.len() {
+                    return Err(bad(Some(p)));
+                }
+                p.status = Status::Sent { processor, requested_at };
+            }
+            Event::Processed { id, processor, requested_at } => {
+                let p = self.payments.get_mut(&id.0).ok_or_else(|| bad(None))?;
+                if !matches!(p.status, Status::Sent { processor: sent, .. } if sent == processor) {
+                    return Err(bad(Some(p)));
+                }
+                p.status = Status::Processed { processor, requested_at };
+                self.summaries[usize::from(processor)].add(requested_at, p.cents);
+                self.unfinished -= 1;
+            }
+            Event::Rejected { id, processor } => {
+                let p = self.payments.get_mut(&id.0).ok_or_else(|| bad(None))?;
+                if !matches!(p.status, Status::Sent { processor: sent, .. } if sent == processor) {
+                    return Err(bad(Some(p)));
+                }
+                p.status = Status::Pending;
+            }
+            Event::Purged => {
+                self.payments.clear();
+                self.summaries.iter_mut().for_each(SummaryIndex::clear);
+                self.unfinished = 0;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: CorrelationId = CorrelationId(7);
+
+    fn accepted() -> Event {
+        Event::Accepted { id: ID, cents: Cents::new(1990).unwrap(), accepted_at: UtcMillis(1_000) }
+    }
+
+    #[test]
+    fn payment_moves_forward_to_processed() {
+        let mut s = State::new(2);
+        s.apply(&accepted()).unwrap();
+        s.apply(&Event::Intent { id: ID, processor: 0, requested_at: UtcMillis(2_000) }).unwrap();
+        s.apply(&Event::Processed { id: ID, processor: 0, requested_at: UtcMillis(2_000) }).unwrap();
+        assert_eq!(s.unfinished(), 0);
+        let totals = s.summary(Some(UtcMillis(2_000)), Some(UtcMillis(2_000)));
+        assert_eq!((totals[0].count, totals[0].cents, totals[1].count), (1, 1990, 0));
+    }
+
+    #[test]
+    fn rejection_returns_payment_to_pending_for_another_processor() {
+        let mut s = State::new(2);
+        s.apply(&accepted()).unwrap();
+        s.apply(&Event::Intent { id: ID, processor: 0, requested_at: UtcMillis(2_000) }).unwrap();
+        s.apply(&Event::Rejected { id: ID, processor: 0 }).unwrap();
+        s.apply(&Event::Intent { id: ID, processor: 1, requested_at: UtcMillis(3_000) }).unwrap();
+        s.apply(&Event::Processed { id: ID, processor: 1, requested_at: UtcMillis(3_000) }).unwrap();
+        assert_eq!(s.summary(None, None)[1].count, 1);
+    }
+
+    #[test]
+    fn backward_or_foreign_moves_are_refused() {
+        let mut s = State::new(2);
+        assert!(s.apply(&Event::Intent { id: ID, processor: 0, requested_at: UtcMillis(1) }).is_err());
+        s.apply(&accepted()).unwrap();
+        assert!(s.apply(&accepted()).is_err());
+        assert!(s.apply(&Event::Processed { id: ID, processor: 0, requested_at: UtcMillis(1) }).is_err());
+        s.apply(&Event::Intent { id: ID, processor: 0, requested_at: UtcMillis(1) }).unwrap();
+        assert!(s.apply(&Event::Processed { id: ID, processor: 1, requested_at: UtcMillis(1) }).is_err());
+        assert!(s.apply(&Event::Intent { id: ID, processor: 1, requested_at: UtcMillis(1) }).is_err());
+        s.apply(&Event::Processed { id: ID, processor: 0, requested_at: UtcMillis(1) }).unwrap();
+        assert!(s.apply(&Event::Rejected { id: ID, processor: 0 }).is_err());
+    }
+
+    #[test]
+    fn purge_forgets_everything() {
+        let mut s = State::new(1);
+        s.apply(&accepted()).unwrap();
+        s.apply(&Event::Purged).unwrap();
+        assert!(s.is_empty());
+        assert_eq!(s.unfinished(), 0);
+        s.apply(&accepted()).unwrap();
+    }
+}

@@ -1,0 +1,13 @@
+//! paygate: a durable, exactly-once, low-latency payment gateway.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod config;
+pub mod dispatch;
+pub mod domain;
+pub mod gateway;
+pub mod http;
+pub mod journal;
+pub mod ledger;
+pub mod processor;
+pub mod sim;

@@ -1,0 +1,42 @@
+//! The `paygate` binary: parses the command line and hands over to the library.
+
+use paygate::config::{self, Command, GatewayConfig};
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    let cli = config::parse(std::env::args_os().collect()).unwrap_or_else(|e| e.exit());
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => {
+                let mut config = GatewayConfig::try_from(args)?;
+                if config.processors.is_empty() {
+                    config.processors = paygate::gateway::start_builtin_processors().await?;
+                }
+                let listener = tokio::net::TcpListener::bind(&config.listen)
+                    .await
+                    .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+                paygate::gateway::run(config, listener, shutdown_signal()).await
+            }
+            Command::ProcessorSim(args) => paygate::sim::run(args).await,
+        }
+    });
+    if let Err(e) = result {
+        tracing::error!("{e}");
+        eprintln!("paygate: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutdown requested");
+}
