@@ -19,7 +19,8 @@ use crate::domain::{Cents, UtcMillis};
 
 /// Default upper bound on buckets per chunk. A late add shifts and re-sums up to this many
 /// buckets (about 20 KiB), while a query's cost barely depends on it (one more binary-search
-/// step per doubling); at a million buckets it keeps chunks, and so the Fenwick tree, near 2 000.
+/// step per doubling); at a million buckets it keeps 2 000 to 4 000 chunks in the Fenwick tree.
+/// Measured at a million payments: 256, 512 and 1024 give the same query times within noise.
 pub const CHUNK_CAPACITY_BUCKETS: usize = 512;
 
 /// How many payments, and how many cents in all. Sums of [`Cents`] may exceed one amount's
@@ -34,12 +35,18 @@ const ZERO: Totals = Totals { count: 0, cents: 0 };
 
 impl Totals {
     fn plus(self, other: Totals) -> Totals {
-        Totals { count: self.count + other.count, cents: self.cents + other.cents }
+        Totals {
+            count: self.count + other.count,
+            cents: self.cents + other.cents,
+        }
     }
 
     /// Only called with `other` a prefix of `self`, so it cannot underflow.
     fn minus(self, other: Totals) -> Totals {
-        Totals { count: self.count - other.count, cents: self.cents - other.cents }
+        Totals {
+            count: self.count - other.count,
+            cents: self.cents - other.cents,
+        }
     }
 }
 
@@ -102,12 +109,22 @@ impl SummaryIndex {
     /// to exercise chunk splits.
     pub fn with_chunk_capacity(chunk_capacity: usize) -> Self {
         assert!(chunk_capacity >= 1, "a chunk holds at least one bucket");
-        SummaryIndex { firsts: Vec::new(), chunks: Vec::new(), fenwick: Vec::new(), total: ZERO, buckets: 0, chunk_capacity }
+        SummaryIndex {
+            firsts: Vec::new(),
+            chunks: Vec::new(),
+            fenwick: Vec::new(),
+            total: ZERO,
+            buckets: 0,
+            chunk_capacity,
+        }
     }
 
     /// Adds one payment at `at`.
     pub fn add(&mut self, at: UtcMillis, cents: Cents) {
-        let delta = Totals { count: 1, cents: u128::from(cents.get()) };
+        let delta = Totals {
+            count: 1,
+            cents: u128::from(cents.get()),
+        };
         self.total = self.total.plus(delta);
         let key = at.0;
         let Some(last) = self.chunks.len().checked_sub(1) else {

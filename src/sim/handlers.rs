@@ -189,6 +189,7 @@ fn admit_payment(sim: &Sim) -> Result<InFlight, SimError> {
 }
 
 async fn post_payment(sim: Sim, req: Request<Incoming>) -> Reply {
+    sim.count_payment_request();
     require_json(req.headers())?;
     let place = admit_payment(&sim)?;
     let body = read_body(req, MAX_BODY_BYTES).await?;

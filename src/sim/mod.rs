@@ -119,6 +119,9 @@ fn check_delay(delay_ms: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// Health calls remembered for inspection by tests.
+const HEALTH_LOG_MAX: usize = 4_096;
+
 /// A running simulator's state. Cloning is cheap and every clone shares the same state.
 #[derive(Clone)]
 pub struct Sim {
@@ -136,6 +139,10 @@ struct Shared {
     /// outlives a caller that hung up), for the 429 limit.
     payments_in_flight: AtomicUsize,
     health_calls: AtomicU64,
+    /// Every `POST /payments` received, whatever its answer.
+    payment_requests: AtomicU64,
+    /// Arrival of each health call and, when refused, the wait it was told.
+    health_log: Mutex<Vec<(Instant, Option<Duration>)>>,
     health_limit: Mutex<HealthLimit>,
 }
 
@@ -151,8 +158,12 @@ impl HealthLimit {
     /// `Ok` when a call at `now` is allowed (and counts as the window's call), else the wait
     /// until the next allowed one.
     fn admit(&mut self, now: Instant) -> Result<(), Duration> {
-        match self.last_allowed {
-            Some(at) if now < at + self.window => Err(at + self.window - now),
+        // Elapsed time rather than `at + window`, which would overflow for a huge window.
+        let elapsed = self
+            .last_allowed
+            .map(|at| now.saturating_duration_since(at));
+        match elapsed {
+            Some(elapsed) if elapsed < self.window => Err(self.window - elapsed),
             _ => {
                 self.last_allowed = Some(now);
                 Ok(())
@@ -172,6 +183,8 @@ impl Sim {
                 failing: AtomicBool::new(cfg.failing),
                 payments_in_flight: AtomicUsize::new(0),
                 health_calls: AtomicU64::new(0),
+                payment_requests: AtomicU64::new(0),
+                health_log: Mutex::new(Vec::new()),
                 health_limit: Mutex::new(HealthLimit {
                     window: Duration::from_secs(cfg.rate_limit_seconds),
                     last_allowed: None,
@@ -193,6 +206,20 @@ impl Sim {
     /// Every `GET /payments/service-health` received, including those answered 429.
     pub fn health_calls(&self) -> u64 {
         self.shared.health_calls.load(Ordering::Relaxed)
+    }
+
+    /// Every `POST /payments` received, whatever its answer: how often a payment was forwarded.
+    pub fn payment_requests(&self) -> u64 {
+        self.shared.payment_requests.load(Ordering::Relaxed)
+    }
+
+    /// Each health call's arrival and, when it was refused with 429, the wait it was told.
+    pub fn health_log(&self) -> Vec<(Instant, Option<Duration>)> {
+        self.shared.health_log.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    pub(crate) fn count_payment_request(&self) {
+        self.shared.payment_requests.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Payments currently recorded.
@@ -240,11 +267,19 @@ impl Sim {
     fn admit_health_call(&self) -> Result<(), Duration> {
         self.shared.health_calls.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
-        self.shared
+        let verdict = self
+            .shared
             .health_limit
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .admit(now)
+            .admit(now);
+        let mut log = self.shared.health_log.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Bounded: a long-running simulator keeps only the most recent calls.
+        if log.len() >= HEALTH_LOG_MAX {
+            log.drain(..HEALTH_LOG_MAX / 2);
+        }
+        log.push((now, verdict.err()));
+        verdict
     }
 }
 
@@ -357,6 +392,17 @@ mod tests {
         // Refused calls do not extend the window: it runs from the last allowed call.
         assert_eq!(limit.admit(ms(6_000)), Err(Duration::from_millis(4_000)));
         assert_eq!(limit.admit(ms(10_000)), Ok(()));
+    }
+
+    #[test]
+    fn a_huge_window_does_not_overflow() {
+        let mut limit = HealthLimit {
+            window: Duration::from_secs(u64::MAX),
+            last_allowed: None,
+        };
+        let t0 = Instant::now();
+        assert_eq!(limit.admit(t0), Ok(()));
+        assert_eq!(limit.admit(t0), Err(Duration::from_secs(u64::MAX)));
     }
 
     #[test]
