@@ -26,11 +26,8 @@ pub async fn run(config: GatewayConfig, listener: TcpListener, shutdown: impl Fu
     if config.processors.is_empty() {
         return Err("no processors configured".into());
     }
-    let upstreams = config
-        .processors
-        .iter()
-        .map(|(name, url)| (name.clone(), ProcessorClient::new(url, config.upstream_timeout)))
-        .collect();
+    let upstreams =
+        config.processors.iter().map(|(name, url)| (name.clone(), ProcessorClient::new(url, config.upstream_timeout))).collect();
     let router = Arc::new(Router::new(upstreams, config.max_defer));
     let (dispatch_tx, dispatch_rx) = mpsc::unbounded_channel();
     let state = State::new(config.processors.len());

@@ -15,9 +15,8 @@ fn main() {
                 if config.processors.is_empty() {
                     config.processors = paygate::gateway::start_builtin_processors().await?;
                 }
-                let listener = tokio::net::TcpListener::bind(&config.listen)
-                    .await
-                    .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+                let listener =
+                    tokio::net::TcpListener::bind(&config.listen).await.map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
                 paygate::gateway::run(config, listener, shutdown_signal()).await
             }
             Command::ProcessorSim(args) => paygate::sim::run(args).await,

@@ -113,10 +113,8 @@ async fn compressed_contest_scenario_stays_consistent_and_pays_no_fallback_fee()
     load.await.unwrap();
     let (audits, inconsistencies) = auditor.await.unwrap();
     let accepted = accepted.load(Ordering::Relaxed);
-    eventually(Duration::from_secs(20), "lag 0", || async {
-        totals_of(&http.gateway_summary(&gw.url, "").await, "default").0 == accepted
-    })
-    .await;
+    eventually(Duration::from_secs(20), "lag 0", || async { totals_of(&http.gateway_summary(&gw.url, "").await, "default").0 == accepted })
+        .await;
     let g = http.gateway_summary(&gw.url, "").await;
     let processed_default = totals_of(&g, "default");
     let processed_fallback = totals_of(&g, "fallback");

@@ -137,9 +137,7 @@ impl LedgerHandle {
 
     /// Journals the intent to send `work` to `processor`; `Ok` once it is durable.
     pub async fn intent(&self, work: Work, processor: ProcessorIdx, requested_at: UtcMillis) -> Result<(), IntentError> {
-        self.ask(|reply| Command::Intent { work, processor, requested_at, reply })
-            .await
-            .unwrap_or(Err(IntentError::Stale))
+        self.ask(|reply| Command::Intent { work, processor, requested_at, reply }).await.unwrap_or(Err(IntentError::Stale))
     }
 
     pub async fn settle(&self, work: Work, processor: ProcessorIdx, settled: Settled) {
@@ -168,7 +166,12 @@ pub struct Ledger {
 impl Ledger {
     /// Starts the ledger over a recovered `state`; every unfinished payment in it is handed
     /// to dispatch (pinned to its processor when its outcome there is unknown).
-    pub fn spawn(state: State, journal: Journal<Event, Done>, dispatch: mpsc::UnboundedSender<Work>, limits: LedgerLimits) -> (LedgerHandle, tokio::task::JoinHandle<()>) {
+    pub fn spawn(
+        state: State,
+        journal: Journal<Event, Done>,
+        dispatch: mpsc::UnboundedSender<Work>,
+        limits: LedgerLimits,
+    ) -> (LedgerHandle, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE_LEN);
         let ledger = Ledger { state, journal, dispatch, generation: 0, limits };
         for (id, p) in ledger.state.payments() {
@@ -230,10 +233,8 @@ impl Ledger {
                 self.record(Event::Intent { id: work.id, processor, requested_at }, Done::Intent(reply));
             }
             Command::Settle { work, processor, settled } => {
-                let sent_here = self
-                    .state
-                    .get(work.id)
-                    .is_some_and(|p| matches!(p.status, Status::Sent { processor: s, .. } if s == processor));
+                let sent_here =
+                    self.state.get(work.id).is_some_and(|p| matches!(p.status, Status::Sent { processor: s, .. } if s == processor));
                 if work.generation != self.generation || !sent_here {
                     tracing::debug!(id = %work.id, "outcome for a purged payment ignored");
                     return;

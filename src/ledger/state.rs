@@ -11,13 +11,28 @@ use crate::processor::ProcessorIdx;
 /// A change to the ledger. Every change is journaled before its effects leave the ledger.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event {
-    Accepted { id: CorrelationId, cents: Cents, accepted_at: UtcMillis },
+    Accepted {
+        id: CorrelationId,
+        cents: Cents,
+        accepted_at: UtcMillis,
+    },
     /// About to send the payment to `processor` with this `requestedAt`.
-    Intent { id: CorrelationId, processor: ProcessorIdx, requested_at: UtcMillis },
+    Intent {
+        id: CorrelationId,
+        processor: ProcessorIdx,
+        requested_at: UtcMillis,
+    },
     /// The processor recorded the payment with this `requestedAt`.
-    Processed { id: CorrelationId, processor: ProcessorIdx, requested_at: UtcMillis },
+    Processed {
+        id: CorrelationId,
+        processor: ProcessorIdx,
+        requested_at: UtcMillis,
+    },
     /// The processor certainly did not record the payment and never will.
-    Rejected { id: CorrelationId, processor: ProcessorIdx },
+    Rejected {
+        id: CorrelationId,
+        processor: ProcessorIdx,
+    },
     Purged,
 }
 

@@ -35,18 +35,12 @@ const ZERO: Totals = Totals { count: 0, cents: 0 };
 
 impl Totals {
     fn plus(self, other: Totals) -> Totals {
-        Totals {
-            count: self.count + other.count,
-            cents: self.cents + other.cents,
-        }
+        Totals { count: self.count + other.count, cents: self.cents + other.cents }
     }
 
     /// Only called with `other` a prefix of `self`, so it cannot underflow.
     fn minus(self, other: Totals) -> Totals {
-        Totals {
-            count: self.count - other.count,
-            cents: self.cents - other.cents,
-        }
+        Totals { count: self.count - other.count, cents: self.cents - other.cents }
     }
 }
 
@@ -109,22 +103,12 @@ impl SummaryIndex {
     /// to exercise chunk splits.
     pub fn with_chunk_capacity(chunk_capacity: usize) -> Self {
         assert!(chunk_capacity >= 1, "a chunk holds at least one bucket");
-        SummaryIndex {
-            firsts: Vec::new(),
-            chunks: Vec::new(),
-            fenwick: Vec::new(),
-            total: ZERO,
-            buckets: 0,
-            chunk_capacity,
-        }
+        SummaryIndex { firsts: Vec::new(), chunks: Vec::new(), fenwick: Vec::new(), total: ZERO, buckets: 0, chunk_capacity }
     }
 
     /// Adds one payment at `at`.
     pub fn add(&mut self, at: UtcMillis, cents: Cents) {
-        let delta = Totals {
-            count: 1,
-            cents: u128::from(cents.get()),
-        };
+        let delta = Totals { count: 1, cents: u128::from(cents.get()) };
         self.total = self.total.plus(delta);
         let key = at.0;
         let Some(last) = self.chunks.len().checked_sub(1) else {

@@ -25,9 +25,14 @@ pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// What `GET /payments/service-health` said.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Health {
-    Report { failing: bool, min_response_ms: u64 },
+    Report {
+        failing: bool,
+        min_response_ms: u64,
+    },
     /// 429: rate-limited; ask again no sooner than this many seconds.
-    RateLimited { retry_after_s: u64 },
+    RateLimited {
+        retry_after_s: u64,
+    },
     /// Anything else: no news.
     Unavailable,
 }
@@ -129,10 +134,8 @@ impl ProcessorClient {
                     #[serde(rename = "minResponseTime")]
                     min_response_time: u64,
                 }
-                serde_json::from_slice::<Report>(&body).map_or(Health::Unavailable, |r| Health::Report {
-                    failing: r.failing,
-                    min_response_ms: r.min_response_time,
-                })
+                serde_json::from_slice::<Report>(&body)
+                    .map_or(Health::Unavailable, |r| Health::Report { failing: r.failing, min_response_ms: r.min_response_time })
             }
             (StatusCode::TOO_MANY_REQUESTS, retry_after) => Health::RateLimited { retry_after_s: retry_after.unwrap_or(5) },
             _ => Health::Unavailable,
@@ -151,11 +154,8 @@ impl ProcessorClient {
         let fut = async {
             let resp = self.client.request(req).await.ok()?;
             let status = resp.status();
-            let retry_after = resp
-                .headers()
-                .get(hyper::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok());
+            let retry_after =
+                resp.headers().get(hyper::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
             let body = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER_BYTES).collect().await.ok()?.to_bytes();
             Some(((status, retry_after), body))
         };

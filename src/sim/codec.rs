@@ -9,20 +9,13 @@ pub const PPM_PER_UNIT: u64 = 1_000_000;
 /// exactly. More than six significant decimals or a rate above 1 is refused rather than rounded,
 /// because the fee totals are audited to the last digit.
 pub fn parse_fee_ppm(text: &str) -> Result<u64, String> {
-    let bad = || {
-        format!("fee {text:?} must be a decimal between 0 and 1 with at most 6 decimals, like 0.05")
-    };
+    let bad = || format!("fee {text:?} must be a decimal between 0 and 1 with at most 6 decimals, like 0.05");
     let (int_part, frac_part) = match text.split_once('.') {
         Some((i, f)) if !f.is_empty() => (i, f),
         Some(_) => return Err(bad()),
         None => (text, ""),
     };
-    if int_part.is_empty()
-        || !int_part
-            .bytes()
-            .chain(frac_part.bytes())
-            .all(|b| b.is_ascii_digit())
-    {
+    if int_part.is_empty() || !int_part.bytes().chain(frac_part.bytes()).all(|b| b.is_ascii_digit()) {
         return Err(bad());
     }
     let frac_part = frac_part.trim_end_matches('0');
@@ -36,11 +29,7 @@ pub fn parse_fee_ppm(text: &str) -> Result<u64, String> {
     let units = int_part.parse::<u64>().unwrap_or(0);
     let mut frac = 0u64;
     for i in 0..6 {
-        frac = frac * 10
-            + frac_part
-                .as_bytes()
-                .get(i)
-                .map_or(0, |&d| u64::from(d - b'0'));
+        frac = frac * 10 + frac_part.as_bytes().get(i).map_or(0, |&d| u64::from(d - b'0'));
     }
     let ppm = units * PPM_PER_UNIT + frac;
     if ppm > PPM_PER_UNIT {
@@ -116,16 +105,8 @@ fn percent_decode(text: &str) -> Result<String, DecodeError> {
     while i < bytes.len() {
         if bytes[i] == b'%' {
             let hex = |b: u8| (b as char).to_digit(16);
-            let hi = bytes
-                .get(i + 1)
-                .copied()
-                .and_then(hex)
-                .ok_or(DecodeError::Escape)?;
-            let lo = bytes
-                .get(i + 2)
-                .copied()
-                .and_then(hex)
-                .ok_or(DecodeError::Escape)?;
+            let hi = bytes.get(i + 1).copied().and_then(hex).ok_or(DecodeError::Escape)?;
+            let lo = bytes.get(i + 2).copied().and_then(hex).ok_or(DecodeError::Escape)?;
             out.push((hi * 16 + lo) as u8);
             i += 3;
         } else {
@@ -167,22 +148,7 @@ mod tests {
 
     #[test]
     fn refuses_fee_rates_it_cannot_hold_exactly() {
-        for s in [
-            "",
-            ".",
-            "0.",
-            ".5",
-            "-0.05",
-            "+0.05",
-            "0.0000001",
-            "1.01",
-            "2",
-            "10",
-            "5%",
-            "0,05",
-            "1e-2",
-            " 0.05",
-        ] {
+        for s in ["", ".", "0.", ".5", "-0.05", "+0.05", "0.0000001", "1.01", "2", "10", "5%", "0,05", "1e-2", " 0.05"] {
             assert!(parse_fee_ppm(s).is_err(), "{s:?}");
         }
     }
@@ -220,14 +186,8 @@ mod tests {
     #[test]
     fn decodes_query_values() {
         let q = "from=2025-07-15T12%3A34%3A56.000Z&to=2025-07-15T14:34:56.000%2B02:00";
-        assert_eq!(
-            query_param(q, "from"),
-            Ok(Some("2025-07-15T12:34:56.000Z".into()))
-        );
-        assert_eq!(
-            query_param(q, "to"),
-            Ok(Some("2025-07-15T14:34:56.000+02:00".into()))
-        );
+        assert_eq!(query_param(q, "from"), Ok(Some("2025-07-15T12:34:56.000Z".into())));
+        assert_eq!(query_param(q, "to"), Ok(Some("2025-07-15T14:34:56.000+02:00".into())));
         assert_eq!(query_param(q, "other"), Ok(None));
         assert_eq!(query_param("to=a+b", "to"), Ok(Some("a+b".into())));
         assert_eq!(query_param("to", "to"), Ok(Some(String::new())));
@@ -236,22 +196,10 @@ mod tests {
 
     #[test]
     fn refuses_bad_query_values() {
-        assert_eq!(
-            query_param("to=%3", "to"),
-            Err(QueryError::BadEscape("to".into()))
-        );
-        assert_eq!(
-            query_param("to=%zz", "to"),
-            Err(QueryError::BadEscape("to".into()))
-        );
-        assert_eq!(
-            query_param("to=%ff", "to"),
-            Err(QueryError::NotUtf8("to".into()))
-        );
-        assert_eq!(
-            query_param("to=a&to=b", "to"),
-            Err(QueryError::Repeated("to".into()))
-        );
+        assert_eq!(query_param("to=%3", "to"), Err(QueryError::BadEscape("to".into())));
+        assert_eq!(query_param("to=%zz", "to"), Err(QueryError::BadEscape("to".into())));
+        assert_eq!(query_param("to=%ff", "to"), Err(QueryError::NotUtf8("to".into())));
+        assert_eq!(query_param("to=a&to=b", "to"), Err(QueryError::Repeated("to".into())));
     }
 
     proptest! {

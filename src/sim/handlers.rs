@@ -72,12 +72,8 @@ impl SimError {
             SimError::NoRoute => (StatusCode::NOT_FOUND, "not_found"),
             SimError::PaymentNotFound => (StatusCode::NOT_FOUND, "payment_not_found"),
             SimError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
-            SimError::UnsupportedMediaType => {
-                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
-            }
-            SimError::Body(BodyError::TooLarge(_)) => {
-                (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
-            }
+            SimError::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            SimError::Body(BodyError::TooLarge(_)) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             SimError::Body(BodyError::Io(_)) => (StatusCode::BAD_REQUEST, "body_unreadable"),
             SimError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             SimError::Overloaded => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
@@ -96,12 +92,9 @@ impl SimError {
         body.push(b'}');
         let mut resp = json(status, body);
         match self {
-            SimError::RateLimited { retry_after_secs } => {
-                resp = with_retry_after(resp, retry_after_secs)
-            }
+            SimError::RateLimited { retry_after_secs } => resp = with_retry_after(resp, retry_after_secs),
             SimError::MethodNotAllowed(allow) => {
-                resp.headers_mut()
-                    .insert(ALLOW, HeaderValue::from_static(allow));
+                resp.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
             }
             _ => {}
         }
@@ -113,9 +106,7 @@ type Reply = Result<Response<Body>, SimError>;
 
 /// Serves one request.
 pub(super) async fn handle(sim: Sim, req: Request<Incoming>) -> Response<Body> {
-    route(sim, req)
-        .await
-        .unwrap_or_else(SimError::into_response)
+    route(sim, req).await.unwrap_or_else(SimError::into_response)
 }
 
 async fn route(sim: Sim, req: Request<Incoming>) -> Reply {
@@ -123,15 +114,8 @@ async fn route(sim: Sim, req: Request<Incoming>) -> Reply {
     let allowed = match path {
         "/payments" | "/admin/purge-payments" => (Method::POST, "POST"),
         "/payments/service-health" | "/admin/payments-summary" => (Method::GET, "GET"),
-        "/admin/configurations/token"
-        | "/admin/configurations/delay"
-        | "/admin/configurations/failure" => (Method::PUT, "PUT"),
-        p if p
-            .strip_prefix("/payments/")
-            .is_some_and(|id| !id.is_empty() && !id.contains('/')) =>
-        {
-            (Method::GET, "GET")
-        }
+        "/admin/configurations/token" | "/admin/configurations/delay" | "/admin/configurations/failure" => (Method::PUT, "PUT"),
+        p if p.strip_prefix("/payments/").is_some_and(|id| !id.is_empty() && !id.contains('/')) => (Method::GET, "GET"),
         _ => return Err(SimError::NoRoute),
     };
     if *req.method() != allowed.0 {
@@ -168,18 +152,12 @@ struct InFlight(Sim);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0
-            .shared
-            .payments_in_flight
-            .fetch_sub(1, Ordering::Relaxed);
+        self.0.shared.payments_in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 fn admit_payment(sim: &Sim) -> Result<InFlight, SimError> {
-    let before = sim
-        .shared
-        .payments_in_flight
-        .fetch_add(1, Ordering::Relaxed);
+    let before = sim.shared.payments_in_flight.fetch_add(1, Ordering::Relaxed);
     // Built first so that the refusal path gives the place back through the same Drop.
     let place = InFlight(sim.clone());
     if before >= MAX_PAYMENTS_IN_FLIGHT {
@@ -196,9 +174,7 @@ async fn post_payment(sim: Sim, req: Request<Incoming>) -> Reply {
     let payment = parse_payment(&body)?;
     // hyper drops this future when the caller hangs up, but a processor records a payment
     // whose caller left during the delay (SPEC §4), so the processing runs in its own task.
-    tokio::spawn(process_payment(sim, payment, place))
-        .await
-        .map_err(|e| SimError::Internal(format!("payment task failed: {e}")))?
+    tokio::spawn(process_payment(sim, payment, place)).await.map_err(|e| SimError::Internal(format!("payment task failed: {e}")))?
 }
 
 async fn process_payment(sim: Sim, payment: Payment, _place: InFlight) -> Reply {
@@ -222,18 +198,8 @@ fn require_json(headers: &HeaderMap) -> Result<(), SimError> {
     let is_json = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .eq_ignore_ascii_case("application/json")
-        });
-    if is_json {
-        Ok(())
-    } else {
-        Err(SimError::UnsupportedMediaType)
-    }
+        .is_some_and(|v| v.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json"));
+    if is_json { Ok(()) } else { Err(SimError::UnsupportedMediaType) }
 }
 
 #[derive(Deserialize)]
@@ -248,23 +214,13 @@ struct PaymentBody<'a> {
 }
 
 fn parse_payment(body: &[u8]) -> Result<Payment, SimError> {
-    let p: PaymentBody = serde_json::from_slice(body)
-        .map_err(|e| SimError::BadRequest(format!("malformed payment: {e}")))?;
-    let id = CorrelationId::parse(p.correlation_id.as_bytes())
-        .ok_or_else(|| SimError::BadRequest("correlationId must be a UUID".to_owned()))?;
-    let amount = Cents::parse_json_number(p.amount.get().as_bytes())
-        .map_err(|e| SimError::BadRequest(format!("amount: {e}")))?;
+    let p: PaymentBody = serde_json::from_slice(body).map_err(|e| SimError::BadRequest(format!("malformed payment: {e}")))?;
+    let id =
+        CorrelationId::parse(p.correlation_id.as_bytes()).ok_or_else(|| SimError::BadRequest("correlationId must be a UUID".to_owned()))?;
+    let amount = Cents::parse_json_number(p.amount.get().as_bytes()).map_err(|e| SimError::BadRequest(format!("amount: {e}")))?;
     let requested_at = UtcMillis::parse_rfc3339(p.requested_at.as_bytes(), Rounding::Floor)
-        .ok_or_else(|| {
-            SimError::BadRequest("requestedAt must be an RFC 3339 timestamp".to_owned())
-        })?;
-    Ok(Payment {
-        id,
-        recorded: Recorded {
-            amount,
-            requested_at,
-        },
-    })
+        .ok_or_else(|| SimError::BadRequest("requestedAt must be an RFC 3339 timestamp".to_owned()))?;
+    Ok(Payment { id, recorded: Recorded { amount, requested_at } })
 }
 
 fn get_payment(sim: &Sim, id: &str) -> Reply {
@@ -284,9 +240,7 @@ fn get_payment(sim: &Sim, id: &str) -> Reply {
 
 fn service_health(sim: &Sim) -> Reply {
     if let Err(wait) = sim.admit_health_call() {
-        let retry_after_secs = u64::try_from(wait.as_nanos().div_ceil(1_000_000_000))
-            .unwrap_or(u64::MAX)
-            .max(1);
+        let retry_after_secs = u64::try_from(wait.as_nanos().div_ceil(1_000_000_000)).unwrap_or(u64::MAX).max(1);
         return Err(SimError::RateLimited { retry_after_secs });
     }
     let body = format!(
@@ -313,9 +267,7 @@ fn payments_summary(sim: &Sim, query: &str) -> Reply {
             None => Ok(None),
             Some(text) => UtcMillis::parse_rfc3339(text.as_bytes(), rounding)
                 .map(Some)
-                .ok_or_else(|| {
-                    SimError::BadRequest(format!("{name} must be an RFC 3339 timestamp"))
-                }),
+                .ok_or_else(|| SimError::BadRequest(format!("{name} must be an RFC 3339 timestamp"))),
         }
     };
     // Both bounds are inclusive: round the lower one up and the upper one down so that
@@ -326,9 +278,7 @@ fn payments_summary(sim: &Sim, query: &str) -> Reply {
     let mut body = Vec::with_capacity(128);
     body.extend_from_slice(b"{\"totalAmount\":");
     crate::domain::money::write_cents(totals.cents, &mut body);
-    body.extend_from_slice(
-        format!(",\"totalRequests\":{},\"totalFee\":", totals.requests).as_bytes(),
-    );
+    body.extend_from_slice(format!(",\"totalRequests\":{},\"totalFee\":", totals.requests).as_bytes());
     codec::write_fee(totals.cents, sim.shared.fee_ppm, &mut body);
     body.extend_from_slice(b",\"feePerTransaction\":");
     codec::write_fee_rate(sim.shared.fee_ppm, &mut body);
@@ -362,10 +312,7 @@ async fn put_delay(sim: &Sim, req: Request<Incoming>) -> Reply {
     let DelayBody { delay } = read_json(&body)?;
     check_delay(delay).map_err(SimError::BadRequest)?;
     let was = sim.set_delay_ms(delay);
-    Ok(json(
-        StatusCode::OK,
-        format!("{{\"config\":\"delay\",\"was\":{was},\"is\":{delay}}}"),
-    ))
+    Ok(json(StatusCode::OK, format!("{{\"config\":\"delay\",\"was\":{was},\"is\":{delay}}}")))
 }
 
 async fn put_failure(sim: &Sim, req: Request<Incoming>) -> Reply {
@@ -376,10 +323,7 @@ async fn put_failure(sim: &Sim, req: Request<Incoming>) -> Reply {
     let body = read_body(req, MAX_BODY_BYTES).await?;
     let FailureBody { failure } = read_json(&body)?;
     let was = sim.set_failing(failure);
-    Ok(json(
-        StatusCode::OK,
-        format!("{{\"config\":\"failure\",\"was\":{was},\"is\":{failure}}}"),
-    ))
+    Ok(json(StatusCode::OK, format!("{{\"config\":\"failure\",\"was\":{was},\"is\":{failure}}}")))
 }
 
 #[cfg(test)]
@@ -430,12 +374,9 @@ mod tests {
     fn json_content_type_may_carry_parameters() {
         let mut h = HeaderMap::new();
         assert!(require_json(&h).is_err());
-        for (v, ok) in [
-            ("application/json", true),
-            ("Application/JSON; charset=utf-8", true),
-            ("text/plain", false),
-            ("application/jsonx", false),
-        ] {
+        for (v, ok) in
+            [("application/json", true), ("Application/JSON; charset=utf-8", true), ("text/plain", false), ("application/jsonx", false)]
+        {
             h.insert(CONTENT_TYPE, HeaderValue::from_static(v));
             assert_eq!(require_json(&h).is_ok(), ok, "{v}");
         }

@@ -68,13 +68,7 @@ pub struct SimConfig {
 impl SimConfig {
     /// The contest's defaults at the given fee: token `123`, 5 s health window, healthy, no delay.
     pub fn new(fee_ppm: u64) -> SimConfig {
-        SimConfig {
-            fee_ppm,
-            token: "123".to_owned(),
-            rate_limit_seconds: 5,
-            delay_ms: 0,
-            failing: false,
-        }
+        SimConfig { fee_ppm, token: "123".to_owned(), rate_limit_seconds: 5, delay_ms: 0, failing: false }
     }
 
     pub fn from_args(args: &SimArgs) -> Result<SimConfig, String> {
@@ -101,13 +95,8 @@ impl SimConfig {
 
 /// A token must fit in an HTTP header, or no caller could ever present it.
 fn check_token(token: &str) -> Result<(), String> {
-    if token.is_empty()
-        || token.len() > MAX_TOKEN_BYTES
-        || !token.bytes().all(|b| b.is_ascii_graphic())
-    {
-        return Err(format!(
-            "token must be 1 to {MAX_TOKEN_BYTES} visible ASCII characters"
-        ));
+    if token.is_empty() || token.len() > MAX_TOKEN_BYTES || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!("token must be 1 to {MAX_TOKEN_BYTES} visible ASCII characters"));
     }
     Ok(())
 }
@@ -159,9 +148,7 @@ impl HealthLimit {
     /// until the next allowed one.
     fn admit(&mut self, now: Instant) -> Result<(), Duration> {
         // Elapsed time rather than `at + window`, which would overflow for a huge window.
-        let elapsed = self
-            .last_allowed
-            .map(|at| now.saturating_duration_since(at));
+        let elapsed = self.last_allowed.map(|at| now.saturating_duration_since(at));
         match elapsed {
             Some(elapsed) if elapsed < self.window => Err(self.window - elapsed),
             _ => {
@@ -185,22 +172,14 @@ impl Sim {
                 health_calls: AtomicU64::new(0),
                 payment_requests: AtomicU64::new(0),
                 health_log: Mutex::new(Vec::new()),
-                health_limit: Mutex::new(HealthLimit {
-                    window: Duration::from_secs(cfg.rate_limit_seconds),
-                    last_allowed: None,
-                }),
+                health_limit: Mutex::new(HealthLimit { window: Duration::from_secs(cfg.rate_limit_seconds), last_allowed: None }),
             }),
         }
     }
 
     /// Serves the processor API on `listener` until `shutdown` resolves.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        crate::http::serve(
-            listener,
-            move |req| handlers::handle(self.clone(), req),
-            shutdown,
-        )
-        .await;
+        crate::http::serve(listener, move |req| handlers::handle(self.clone(), req), shutdown).await;
     }
 
     /// Every `GET /payments/service-health` received, including those answered 429.
@@ -248,31 +227,18 @@ impl Sim {
     }
 
     fn token(&self) -> Arc<str> {
-        self.shared
-            .token
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.shared.token.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     fn set_token(&self, token: &str) {
-        *self
-            .shared
-            .token
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::from(token);
+        *self.shared.token.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::from(token);
     }
 
     /// Decides one health call: `Ok` when allowed now, else the wait until the next allowed one.
     fn admit_health_call(&self) -> Result<(), Duration> {
         self.shared.health_calls.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
-        let verdict = self
-            .shared
-            .health_limit
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .admit(now);
+        let verdict = self.shared.health_limit.lock().unwrap_or_else(std::sync::PoisonError::into_inner).admit(now);
         let mut log = self.shared.health_log.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         // Bounded: a long-running simulator keeps only the most recent calls.
         if log.len() >= HEALTH_LOG_MAX {
@@ -286,9 +252,7 @@ impl Sim {
 /// Binds `args.listen` and serves until ctrl-c or SIGTERM.
 pub async fn run(args: SimArgs) -> Result<(), String> {
     let cfg = SimConfig::from_args(&args)?;
-    let listener = TcpListener::bind(&args.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let listener = TcpListener::bind(&args.listen).await.map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let mut fee = Vec::new();
     codec::write_fee_rate(cfg.fee_ppm, &mut fee);
@@ -348,42 +312,15 @@ mod tests {
 
     #[test]
     fn refuses_unusable_config() {
-        assert!(
-            SimConfig::from_args(&SimArgs {
-                fee: "5%".into(),
-                ..args()
-            })
-            .is_err()
-        );
-        assert!(
-            SimConfig::from_args(&SimArgs {
-                token: String::new(),
-                ..args()
-            })
-            .is_err()
-        );
-        assert!(
-            SimConfig::from_args(&SimArgs {
-                token: "a b".into(),
-                ..args()
-            })
-            .is_err()
-        );
-        assert!(
-            SimConfig::from_args(&SimArgs {
-                delay_ms: MAX_DELAY_MS + 1,
-                ..args()
-            })
-            .is_err()
-        );
+        assert!(SimConfig::from_args(&SimArgs { fee: "5%".into(), ..args() }).is_err());
+        assert!(SimConfig::from_args(&SimArgs { token: String::new(), ..args() }).is_err());
+        assert!(SimConfig::from_args(&SimArgs { token: "a b".into(), ..args() }).is_err());
+        assert!(SimConfig::from_args(&SimArgs { delay_ms: MAX_DELAY_MS + 1, ..args() }).is_err());
     }
 
     #[test]
     fn health_allows_one_call_per_window() {
-        let mut limit = HealthLimit {
-            window: Duration::from_secs(5),
-            last_allowed: None,
-        };
+        let mut limit = HealthLimit { window: Duration::from_secs(5), last_allowed: None };
         let t0 = Instant::now();
         let ms = |n| t0 + Duration::from_millis(n);
         assert_eq!(limit.admit(t0), Ok(()));
@@ -396,10 +333,7 @@ mod tests {
 
     #[test]
     fn a_huge_window_does_not_overflow() {
-        let mut limit = HealthLimit {
-            window: Duration::from_secs(u64::MAX),
-            last_allowed: None,
-        };
+        let mut limit = HealthLimit { window: Duration::from_secs(u64::MAX), last_allowed: None };
         let t0 = Instant::now();
         assert_eq!(limit.admit(t0), Ok(()));
         assert_eq!(limit.admit(t0), Err(Duration::from_secs(u64::MAX)));
@@ -407,10 +341,7 @@ mod tests {
 
     #[test]
     fn a_zero_window_allows_every_call() {
-        let mut limit = HealthLimit {
-            window: Duration::ZERO,
-            last_allowed: None,
-        };
+        let mut limit = HealthLimit { window: Duration::ZERO, last_allowed: None };
         let t0 = Instant::now();
         assert_eq!(limit.admit(t0), Ok(()));
         assert_eq!(limit.admit(t0), Ok(()));

@@ -48,10 +48,7 @@ pub struct Store {
 
 impl Default for Store {
     fn default() -> Self {
-        Store {
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-            len: AtomicU64::new(0),
-        }
+        Store { shards: (0..SHARDS).map(|_| Mutex::default()).collect(), len: AtomicU64::new(0) }
     }
 }
 
@@ -122,10 +119,7 @@ mod tests {
     use super::*;
 
     fn rec(cents: u64, at: i64) -> Recorded {
-        Recorded {
-            amount: Cents::new(cents).unwrap(),
-            requested_at: UtcMillis(at),
-        }
+        Recorded { amount: Cents::new(cents).unwrap(), requested_at: UtcMillis(at) }
     }
 
     #[test]
@@ -145,24 +139,9 @@ mod tests {
             s.insert(CorrelationId(i as u128), rec(100 + i as u64, at));
         }
         let t = s.totals(Some((UtcMillis(10), UtcMillis(20))));
-        assert_eq!(
-            t,
-            Totals {
-                requests: 3,
-                cents: 101 + 102 + 103
-            }
-        );
-        assert_eq!(
-            s.totals(None),
-            Totals {
-                requests: 5,
-                cents: 510
-            }
-        );
-        assert_eq!(
-            s.totals(Some((UtcMillis(21), UtcMillis(20)))),
-            Totals::default()
-        );
+        assert_eq!(t, Totals { requests: 3, cents: 101 + 102 + 103 });
+        assert_eq!(s.totals(None), Totals { requests: 5, cents: 510 });
+        assert_eq!(s.totals(Some((UtcMillis(21), UtcMillis(20)))), Totals::default());
     }
 
     #[test]

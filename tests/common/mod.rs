@@ -112,7 +112,12 @@ impl Http {
 
     pub async fn sim_admin(&self, sim: &RunningSim, what: &str, body: String) {
         let (status, text) = self
-            .send(Method::PUT, &format!("{}/admin/configurations/{what}", sim.url), &[("X-Rinha-Token", SIM_TOKEN), ("content-type", "application/json")], body)
+            .send(
+                Method::PUT,
+                &format!("{}/admin/configurations/{what}", sim.url),
+                &[("X-Rinha-Token", SIM_TOKEN), ("content-type", "application/json")],
+                body,
+            )
             .await;
         assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&text));
     }
