@@ -4,6 +4,7 @@ use paygate::config::{self, Command, GatewayConfig};
 
 fn main() {
     tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let cli = config::parse(std::env::args_os().collect()).unwrap_or_else(|e| e.exit());
@@ -17,7 +18,9 @@ fn main() {
                 }
                 let listener =
                     tokio::net::TcpListener::bind(&config.listen).await.map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-                paygate::gateway::run(config, listener, shutdown_signal()).await
+                // A machine-readable line for scripts and tests that start us on port 0.
+                println!("paygate listening on {}", listener.local_addr().map_err(|e| e.to_string())?);
+                paygate::gateway::run(config, listener, paygate::http::shutdown_signal()).await
             }
             Command::ProcessorSim(args) => paygate::sim::run(args).await,
         }
@@ -27,15 +30,4 @@ fn main() {
         eprintln!("paygate: {e}");
         std::process::exit(1);
     }
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutdown requested");
 }

@@ -263,31 +263,10 @@ pub async fn run(args: SimArgs) -> Result<(), String> {
         cfg.failing,
         cfg.rate_limit_seconds
     );
-    Sim::new(cfg).serve(listener, shutdown_signal()).await;
+    println!("processor-sim listening on {addr}");
+    Sim::new(cfg).serve(listener, crate::http::shutdown_signal()).await;
     tracing::info!("processor-sim stopped");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
 
 #[cfg(test)]
