@@ -38,6 +38,10 @@ pub struct ServeArgs {
     /// Where the journal lives.
     #[arg(long, env = "PAYGATE_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+    /// `on`: a 202 waits for fdatasync. `off`: for write() only, which survives a crash of
+    /// paygate but not of the machine.
+    #[arg(long, env = "PAYGATE_FSYNC", default_value = "on", value_parser = ["on", "off"])]
+    pub fsync: String,
     /// Enables admin endpoints; callers send `X-Admin-Token`.
     #[arg(long, env = "PAYGATE_ADMIN_TOKEN")]
     pub admin_token: Option<String>,
@@ -67,6 +71,11 @@ pub struct GatewayConfig {
     /// (name, base URL), cheapest first; empty means "start built-in simulators".
     pub processors: Vec<(String, String)>,
     pub data_dir: PathBuf,
+    pub fsync: bool,
+    /// Journal segment size; a closed segment is folded into a snapshot.
+    pub segment_max_bytes: u64,
+    /// Injected journal disk faults (tests only; `None` in the binary).
+    pub faults: Option<std::sync::Arc<crate::journal::FaultSwitch>>,
     pub admin_token: Option<String>,
     pub max_defer: Duration,
     pub upstream_timeout: Duration,
@@ -132,6 +141,9 @@ impl TryFrom<ServeArgs> for GatewayConfig {
             listen: a.listen,
             processors,
             data_dir: a.data_dir,
+            fsync: a.fsync == "on",
+            segment_max_bytes: crate::journal::SEGMENT_MAX_BYTES,
+            faults: None,
             admin_token: a.admin_token.filter(|t| !t.is_empty()),
             max_defer: Duration::from_millis(a.max_defer_ms),
             upstream_timeout: Duration::from_millis(a.upstream_timeout_ms),

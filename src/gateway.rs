@@ -3,16 +3,17 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::api::Api;
 use crate::config::GatewayConfig;
-use crate::journal::Journal;
-use crate::ledger::{Ledger, LedgerLimits, State};
+use crate::journal::{FileOptions, Journal};
+use crate::ledger::persist;
+use crate::ledger::{Done, Event, Ledger, LedgerLimits, Restore, State};
 use crate::processor::client::ProcessorClient;
 use crate::processor::router::Router;
 use crate::sim::{Sim, SimConfig};
@@ -30,9 +31,9 @@ pub async fn run(config: GatewayConfig, listener: TcpListener, shutdown: impl Fu
         config.processors.iter().map(|(name, url)| (name.clone(), ProcessorClient::new(url, config.upstream_timeout))).collect();
     let router = Arc::new(Router::new(upstreams, config.max_defer));
     let (dispatch_tx, dispatch_rx) = mpsc::unbounded_channel();
-    let state = State::new(config.processors.len());
+    let (journal, state, restore) = open_journal(&config).await?;
     let limits = LedgerLimits { pending_max: config.pending_max };
-    let (ledger, ledger_task) = Ledger::spawn(state, Journal::in_memory(), dispatch_tx, limits);
+    let (ledger, ledger_task) = Ledger::spawn(state, journal, dispatch_tx, limits, restore);
     let workers = dispatch::spawn(config.dispatch_workers, dispatch_rx, router.clone(), ledger.clone());
     let monitors = processor::health::spawn(router.clone(), config.health_interval);
     let api = Arc::new(Api {
@@ -45,6 +46,7 @@ pub async fn run(config: GatewayConfig, listener: TcpListener, shutdown: impl Fu
         listen = %listener.local_addr().map_err(|e| e.to_string())?,
         processors = ?config.processors,
         max_defer_ms = config.max_defer.as_millis() as u64,
+        fsync = config.fsync,
         "paygate serving"
     );
     let handler_api = api.clone();
@@ -56,6 +58,41 @@ pub async fn run(config: GatewayConfig, listener: TcpListener, shutdown: impl Fu
     ledger_task.abort();
     tracing::info!("paygate stopped");
     Ok(())
+}
+
+/// Recovers the ledger's state from the data directory and opens the journal after it.
+async fn open_journal(config: &GatewayConfig) -> Result<(Journal<Event, Done>, State, Restore), String> {
+    let processors = config.processors.len();
+    let dir = config.data_dir.clone();
+    let started = std::time::Instant::now();
+    let recovered = tokio::task::spawn_blocking({
+        let dir = dir.clone();
+        move || persist::recover(&dir, processors)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
+    tracing::info!(
+        data_dir = %dir.display(),
+        payments = recovered.state.len(),
+        unfinished = recovered.state.unfinished(),
+        replayed_records = recovered.replayed,
+        ms = started.elapsed().as_millis() as u64,
+        "ledger recovered from the journal"
+    );
+    let dir_lock = Arc::new(Mutex::new(()));
+    let rotated = persist::spawn_compactor(dir.clone(), processors, dir_lock.clone()).map_err(|e| e.to_string())?;
+    let options = FileOptions {
+        dir: dir.clone(),
+        fsync: config.fsync,
+        segment_max_bytes: config.segment_max_bytes,
+        faults: config.faults.clone(),
+        rotated: Some(rotated),
+        dir_lock: dir_lock.clone(),
+    };
+    let journal = Journal::open(options, recovered.next_seq).map_err(|e| format!("cannot open the journal in {}: {e}", dir.display()))?;
+    let restore: Restore = Arc::new(move || persist::reload(&dir, processors, &dir_lock).map_err(|e| e.to_string()));
+    Ok((journal, recovered.state, restore))
 }
 
 /// Starts the two built-in simulated processors on loopback ports, for a first run with no

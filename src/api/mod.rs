@@ -129,7 +129,9 @@ impl Api {
     }
 
     fn health(&self) -> Response<Body> {
-        if self.accepting.load(Ordering::Relaxed) {
+        if !self.ledger.is_healthy() {
+            ApiError::JournalUnavailable.into_response()
+        } else if self.accepting.load(Ordering::Relaxed) {
             json(StatusCode::OK, &b"{\"status\":\"ok\"}"[..])
         } else {
             ApiError::ShuttingDown.into_response()

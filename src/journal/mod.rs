@@ -1,14 +1,36 @@
-//! The journal: every ledger event passes through here before it takes effect outside the
-//! ledger, and each event's completion runs only once the event is durable. The completion,
-//! not the submitter, carries the consequences (the 202, the hand-off to dispatch), so a
-//! client that hangs up cannot lose them.
+//! The journal: every ledger event passes through here before its effects leave the ledger,
+//! and each event's completion runs only once the event is durable. The completion, not the
+//! submitter, carries the consequences (the 202, the hand-off to dispatch), so a client that
+//! hangs up cannot lose them.
 //!
-//! This backend keeps nothing on disk: events are durable the moment they are submitted.
-//! The file backend with group commit slots in behind the same interface.
+//! On disk: append-only segment files of framed records in the data directory, written by
+//! one dedicated thread with group commit — it takes everything that arrived while the
+//! previous sync ran, writes it with one `write`, calls `fdatasync` once, then completes
+//! every waiter. The tokio runtime never touches the disk.
+
+pub mod file;
+pub mod frame;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+
+use tokio::sync::oneshot;
+
+pub use file::FaultSwitch;
+use file::{SegmentFile, segment_path, sync_dir};
 
 /// What the journal does once a submitted event is durable (or cannot be made durable).
 pub trait Completion: Send + 'static {
     fn complete(self, result: Result<(), JournalError>);
+}
+
+/// An event the journal can store.
+pub trait Record: Send + 'static {
+    fn encode(&self, out: &mut Vec<u8>);
+    /// True when nothing before this record matters any more (a purge): once it is durable
+    /// the journal starts a fresh segment and deletes the older files.
+    fn is_reset(&self) -> bool;
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -17,20 +39,216 @@ pub enum JournalError {
     Io(String),
 }
 
-/// The journal's writer end, owned by the ledger.
-pub struct Journal<E, C> {
-    _marker: std::marker::PhantomData<fn(E, C)>,
+/// Most submissions one group commit takes; the rest wait for the next.
+pub const MAX_BATCH: usize = 8_192;
+/// A segment is closed and a new one started once it grows past this.
+pub const SEGMENT_MAX_BYTES: u64 = 64 * 1024 * 1024;
+
+/// How the file journal is set up.
+#[derive(Clone, Debug)]
+pub struct FileOptions {
+    pub dir: PathBuf,
+    /// `fdatasync` after every group write; off survives a process crash, not power loss.
+    pub fsync: bool,
+    pub segment_max_bytes: u64,
+    /// Injected disk faults, for tests.
+    pub faults: Option<Arc<FaultSwitch>>,
+    /// Told the sequence number of each new segment, so older ones can be compacted.
+    pub rotated: Option<mpsc::Sender<u64>>,
+    /// Held while files other than the open segment are deleted or renamed in the directory.
+    pub dir_lock: Arc<Mutex<()>>,
 }
 
-impl<E, C: Completion> Journal<E, C> {
+enum Msg<E, C> {
+    Append(Option<E>, C),
+    /// Cut the open segment back to its last durable length, after a failure.
+    Repair(oneshot::Sender<Result<(), JournalError>>),
+}
+
+/// The journal's writer end, owned by the ledger.
+pub struct Journal<E, C> {
+    backend: Backend<E, C>,
+    failures: Arc<AtomicU64>,
+}
+
+enum Backend<E, C> {
+    Memory,
+    File(mpsc::Sender<Msg<E, C>>),
+}
+
+impl<E: Record, C: Completion> Journal<E, C> {
+    /// A journal that keeps nothing: every event is "durable" at once. For tests and benches.
     pub fn in_memory() -> Journal<E, C> {
-        Journal { _marker: std::marker::PhantomData }
+        Journal { backend: Backend::Memory, failures: Arc::default() }
+    }
+
+    /// Starts a new segment `next_seq` in `opts.dir` and the writer thread.
+    pub fn open(opts: FileOptions, next_seq: u64) -> std::io::Result<Journal<E, C>> {
+        std::fs::create_dir_all(&opts.dir)?;
+        let segment = SegmentFile::create(segment_path(&opts.dir, next_seq), opts.faults.clone())?;
+        sync_dir(&opts.dir)?;
+        let (tx, rx) = mpsc::channel();
+        let failures = Arc::<AtomicU64>::default();
+        let writer =
+            Writer { opts, seq: next_seq, segment, len: 0, failed: false, failures: failures.clone(), buf: Vec::with_capacity(64 * 1024) };
+        std::thread::Builder::new().name("journal-writer".into()).spawn(move || writer.run(rx))?;
+        Ok(Journal { backend: Backend::File(tx), failures })
     }
 
     /// Appends `event` (or, with `None`, only waits for everything submitted before) and runs
     /// `done` once it is durable.
-    pub fn submit(&mut self, event: Option<&E>, done: C) {
-        let _ = event;
-        done.complete(Ok(()));
+    pub fn submit(&mut self, event: Option<E>, done: C) {
+        match &self.backend {
+            Backend::Memory => done.complete(Ok(())),
+            Backend::File(tx) => {
+                if let Err(mpsc::SendError(Msg::Append(_, done))) = tx.send(Msg::Append(event, done)) {
+                    done.complete(Err(JournalError::Io("journal writer has stopped".into())));
+                }
+            }
+        }
+    }
+
+    /// How many writes have failed so far; the ledger compares it to know when to recover.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Acquire)
+    }
+
+    /// Asks the writer to cut the open segment back to its durable length, after everything
+    /// submitted before. `Ok` means the files hold exactly the durable events again.
+    pub fn repair(&mut self) -> oneshot::Receiver<Result<(), JournalError>> {
+        let (reply, rx) = oneshot::channel();
+        match &self.backend {
+            Backend::Memory => {
+                let _ = reply.send(Ok(()));
+            }
+            Backend::File(tx) => {
+                let _ = tx.send(Msg::Repair(reply));
+            }
+        }
+        rx
+    }
+}
+
+struct Writer {
+    opts: FileOptions,
+    seq: u64,
+    segment: SegmentFile,
+    /// Bytes of the open segment known to be written (and synced, with fsync on).
+    len: u64,
+    /// A write failed and the segment may hold a partial batch past `len`.
+    failed: bool,
+    failures: Arc<AtomicU64>,
+    buf: Vec<u8>,
+}
+
+impl Writer {
+    fn run<E: Record, C: Completion>(mut self, rx: mpsc::Receiver<Msg<E, C>>) {
+        let mut waiters: Vec<C> = Vec::with_capacity(1024);
+        let mut msgs = Vec::with_capacity(1024);
+        let mut reset = false;
+        while let Ok(first) = rx.recv() {
+            msgs.push(first);
+            while msgs.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(m) => msgs.push(m),
+                    Err(_) => break,
+                }
+            }
+            for msg in msgs.drain(..) {
+                match msg {
+                    Msg::Append(event, done) => {
+                        if let Some(e) = event {
+                            reset |= e.is_reset();
+                            frame::append(|out| e.encode(out), &mut self.buf);
+                        }
+                        waiters.push(done);
+                    }
+                    Msg::Repair(reply) => {
+                        self.commit(&mut waiters, std::mem::take(&mut reset));
+                        let _ = reply.send(self.repair());
+                    }
+                }
+            }
+            self.commit(&mut waiters, std::mem::take(&mut reset));
+        }
+    }
+
+    /// One group commit: a single write and a single sync for everything buffered, then
+    /// every waiter learns the result.
+    fn commit<C: Completion>(&mut self, waiters: &mut Vec<C>, reset: bool) {
+        let result = if self.failed {
+            Err(JournalError::Io("journal is failed; waiting for repair".into()))
+        } else if self.buf.is_empty() {
+            Ok(())
+        } else {
+            self.write_buffer()
+        };
+        self.buf.clear();
+        if let Err(e) = &result
+            && !self.failed
+        {
+            self.failed = true;
+            self.failures.fetch_add(1, Ordering::AcqRel);
+            tracing::error!(segment = %self.segment.path.display(), error = %e, "journal write failed; payments are refused until it recovers");
+        }
+        for w in waiters.drain(..) {
+            w.complete(result.clone());
+        }
+        if result.is_ok() && (reset || self.len >= self.opts.segment_max_bytes) {
+            self.rotate(reset);
+        }
+    }
+
+    fn write_buffer(&mut self) -> Result<(), JournalError> {
+        let io = |e: std::io::Error| JournalError::Io(e.to_string());
+        self.segment.write_all(&self.buf).map_err(io)?;
+        if self.opts.fsync {
+            self.segment.sync_data().map_err(io)?;
+        }
+        self.len += self.buf.len() as u64;
+        Ok(())
+    }
+
+    fn repair(&mut self) -> Result<(), JournalError> {
+        if !self.failed {
+            return Ok(());
+        }
+        self.segment.truncate(self.len).map_err(|e| JournalError::Io(e.to_string()))?;
+        self.failed = false;
+        tracing::warn!(segment = %self.segment.path.display(), len = self.len, "journal repaired; accepting payments again");
+        Ok(())
+    }
+
+    /// Starts the next segment. After a reset, the older files are deleted: the reset record
+    /// is durable, so they no longer matter.
+    fn rotate(&mut self, reset: bool) {
+        let next = self.seq + 1;
+        let created = SegmentFile::create(segment_path(&self.opts.dir, next), self.opts.faults.clone())
+            .and_then(|s| sync_dir(&self.opts.dir).map(|()| s));
+        let segment = match created {
+            Ok(s) => s,
+            Err(e) => {
+                // Keep appending to the current segment; the next commit tries again.
+                tracing::warn!(error = %e, "cannot start a new journal segment");
+                return;
+            }
+        };
+        self.segment = segment;
+        self.seq = next;
+        self.len = 0;
+        if reset {
+            let _guard = self.opts.dir_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Ok(listing) = file::list(&self.opts.dir) {
+                let old = listing.segments.iter().filter(|(s, _)| *s < next).chain(&listing.snapshots);
+                for (_, path) in old {
+                    if let Err(e) = std::fs::remove_file(path) {
+                        tracing::warn!(path = %path.display(), error = %e, "cannot delete purged journal file");
+                    }
+                }
+                let _ = sync_dir(&self.opts.dir);
+            }
+        } else if let Some(tx) = &self.opts.rotated {
+            let _ = tx.send(next);
+        }
     }
 }

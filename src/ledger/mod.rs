@@ -2,8 +2,15 @@
 //! order (no locks on the hot path), turns each change into an [`Event`], applies it and hands
 //! it to the journal, whose completion sends the answer once the event is durable.
 
+pub mod codec;
+pub mod persist;
 pub mod state;
 pub mod summary;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -104,10 +111,17 @@ pub struct LedgerLimits {
     pub pending_max: usize,
 }
 
+/// Rebuilds the state from disk, after a journal failure was repaired.
+pub type Restore = Arc<dyn Fn() -> Result<State, String> + Send + Sync>;
+
+/// How long the ledger waits between attempts to bring a failed journal back.
+pub const JOURNAL_RETRY_MS: u64 = 1_000;
+
 /// A cheap, cloneable way to talk to the ledger task.
 #[derive(Clone)]
 pub struct LedgerHandle {
     tx: mpsc::Sender<Command>,
+    healthy: Arc<AtomicBool>,
 }
 
 /// The ledger task stopped: the gateway is shutting down.
@@ -149,6 +163,11 @@ impl LedgerHandle {
         self.ask(|reply| Command::IsCurrent { work, reply }).await.unwrap_or(false)
     }
 
+    /// False while the journal cannot make events durable.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
     pub async fn purge(&self) -> Result<Result<(), JournalError>, Stopped> {
         self.ask(|reply| Command::Purge { reply }).await
     }
@@ -161,6 +180,10 @@ pub struct Ledger {
     dispatch: mpsc::UnboundedSender<Work>,
     generation: u64,
     limits: LedgerLimits,
+    restore: Restore,
+    healthy: Arc<AtomicBool>,
+    /// The journal's failure count when the state last matched the disk.
+    seen_failures: u64,
 }
 
 impl Ledger {
@@ -171,24 +194,88 @@ impl Ledger {
         journal: Journal<Event, Done>,
         dispatch: mpsc::UnboundedSender<Work>,
         limits: LedgerLimits,
+        restore: Restore,
     ) -> (LedgerHandle, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE_LEN);
-        let ledger = Ledger { state, journal, dispatch, generation: 0, limits };
-        for (id, p) in ledger.state.payments() {
+        let healthy = Arc::new(AtomicBool::new(true));
+        let seen_failures = journal.failures();
+        let ledger = Ledger { state, journal, dispatch, generation: 0, limits, restore, healthy: healthy.clone(), seen_failures };
+        ledger.dispatch_unfinished();
+        let task = tokio::spawn(ledger.run(rx));
+        (LedgerHandle { tx, healthy }, task)
+    }
+
+    /// Hands every unfinished payment to dispatch; one whose outcome is unknown goes pinned
+    /// to the processor it was sent to (SPEC §3.3).
+    fn dispatch_unfinished(&self) {
+        for (id, p) in self.state.payments() {
             let pinned = match p.status {
                 Status::Processed { .. } => continue,
                 Status::Pending => None,
                 Status::Sent { processor, requested_at } => Some((processor, requested_at)),
             };
-            let _ = ledger.dispatch.send(Work { id, cents: p.cents, accepted_at: p.accepted_at, generation: 0, pinned });
+            let _ = self.dispatch.send(Work { id, cents: p.cents, accepted_at: p.accepted_at, generation: self.generation, pinned });
         }
-        let task = tokio::spawn(ledger.run(rx));
-        (LedgerHandle { tx }, task)
     }
 
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         while let Some(cmd) = rx.recv().await {
             self.handle(cmd);
+            if self.journal.failures() != self.seen_failures {
+                self.recover_journal(&mut rx).await;
+            }
+        }
+    }
+
+    /// After a failed write the in-memory state holds events the disk does not. Refuse
+    /// changes, have the journal cut its segment back to the durable length, rebuild the
+    /// state from disk, and carry on; until then, retry every [`JOURNAL_RETRY_MS`].
+    async fn recover_journal(&mut self, rx: &mut mpsc::Receiver<Command>) {
+        self.healthy.store(false, Ordering::Relaxed);
+        loop {
+            self.seen_failures = self.journal.failures();
+            let repair = self.journal.repair();
+            if let Ok(Ok(())) = self.degraded_until(rx, repair).await {
+                let restore = self.restore.clone();
+                let rebuilt = self.degraded_until(rx, tokio::task::spawn_blocking(move || restore())).await;
+                match rebuilt {
+                    Ok(Ok(state)) if self.journal.failures() == self.seen_failures => {
+                        self.state = state;
+                        self.dispatch_unfinished();
+                        self.healthy.store(true, Ordering::Relaxed);
+                        tracing::warn!(payments = self.state.len(), "ledger rebuilt from the journal; accepting payments again");
+                        return;
+                    }
+                    Ok(Err(e)) => tracing::error!(error = %e, "cannot rebuild the ledger from the journal"),
+                    _ => {}
+                }
+            }
+            self.degraded_until(rx, tokio::time::sleep(Duration::from_millis(JOURNAL_RETRY_MS))).await;
+        }
+    }
+
+    /// Answers commands without changing anything until `fut` completes.
+    async fn degraded_until<F: Future>(&mut self, rx: &mut mpsc::Receiver<Command>, fut: F) -> F::Output {
+        tokio::pin!(fut);
+        loop {
+            tokio::select! {
+                biased;
+                out = &mut fut => return out,
+                Some(cmd) = rx.recv() => match cmd {
+                    Command::Accept { reply, .. } => {
+                        let _ = reply.send(Err(AcceptError::Unavailable));
+                    }
+                    Command::Intent { reply, .. } => {
+                        let _ = reply.send(Err(IntentError::Unavailable));
+                    }
+                    Command::Purge { reply } => {
+                        let _ = reply.send(Err(JournalError::Io("journal is failed".into())));
+                    }
+                    // Dropped: the payment is still Sent on disk and is resolved again after recovery.
+                    Command::Settle { .. } => {}
+                    read_only => self.handle(read_only),
+                },
+            }
         }
     }
 
@@ -198,7 +285,7 @@ impl Ledger {
         if let Err(e) = self.state.apply(&event) {
             panic!("ledger invariant broken: {e}");
         }
-        self.journal.submit(Some(&event), done);
+        self.journal.submit(Some(event), done);
     }
 
     fn handle(&mut self, cmd: Command) {

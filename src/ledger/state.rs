@@ -68,9 +68,44 @@ pub struct State {
     unfinished: usize,
 }
 
+/// Two states are equal when they hold the same payments; the summaries derive from them,
+/// and their totals are compared as a cross-check.
+impl PartialEq for State {
+    fn eq(&self, other: &State) -> bool {
+        self.payments == other.payments
+            && self.unfinished == other.unfinished
+            && self.summaries.len() == other.summaries.len()
+            && self.summaries.iter().zip(&other.summaries).all(|(a, b)| a.total() == b.total())
+    }
+}
+
 impl State {
     pub fn new(processors: usize) -> State {
         State { payments: FxHashMap::default(), summaries: vec![SummaryIndex::new(); processors], unfinished: 0 }
+    }
+
+    /// Rebuilds a state from its payments (a snapshot). Processed payments enter the summary
+    /// index in `requestedAt` order, the index's cheap path.
+    pub fn restore(processors: usize, payments: Vec<(CorrelationId, Payment)>) -> State {
+        let mut s = State::new(processors);
+        let mut processed = Vec::new();
+        s.payments.reserve(payments.len());
+        for (id, p) in payments {
+            match p.status {
+                Status::Processed { processor, requested_at } => processed.push((requested_at, processor, p.cents)),
+                _ => s.unfinished += 1,
+            }
+            s.payments.insert(id.0, p);
+        }
+        processed.sort_unstable_by_key(|(at, ..)| *at);
+        for (at, processor, cents) in processed {
+            s.summaries[usize::from(processor)].add(at, cents);
+        }
+        s
+    }
+
+    pub fn processors(&self) -> usize {
+        self.summaries.len()
     }
 
     pub fn get(&self, id: CorrelationId) -> Option<&Payment> {

@@ -43,20 +43,40 @@ pub async fn start_pair() -> (RunningSim, RunningSim) {
 
 pub struct RunningGateway {
     pub url: String,
+    pub data_dir: std::path::PathBuf,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<(), String>>,
 }
 
 impl RunningGateway {
-    pub async fn stop(mut self) {
+    /// Stops the gateway and removes its data directory.
+    pub async fn stop(self) {
+        let dir = self.data_dir.clone();
+        self.stop_keeping_data().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    pub async fn stop_keeping_data(mut self) {
         let _ = self.stop.take().unwrap().send(());
         self.task.await.unwrap().unwrap();
     }
 }
 
+/// A fresh, empty directory under the system temp dir.
+pub fn temp_dir(tag: &str) -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("paygate-{tag}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Gateway configuration over the given simulators, with its journal in a fresh temp dir.
 pub fn gateway_config(sims: &[(&str, &RunningSim)]) -> GatewayConfig {
     let mut c = GatewayConfig::with_processors(sims.iter().map(|(n, s)| (n.to_string(), s.url.clone())).collect());
     c.admin_token = Some(ADMIN_TOKEN.into());
+    c.data_dir = temp_dir("data");
     c
 }
 
@@ -64,10 +84,11 @@ pub async fn start_gateway(config: GatewayConfig) -> RunningGateway {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = oneshot::channel::<()>();
+    let data_dir = config.data_dir.clone();
     let task = tokio::spawn(paygate::gateway::run(config, listener, async move {
         let _ = stopped.await;
     }));
-    RunningGateway { url, stop: Some(stop), task }
+    RunningGateway { url, data_dir, stop: Some(stop), task }
 }
 
 #[derive(Clone)]

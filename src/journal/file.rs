@@ -1,0 +1,105 @@
+//! The journal's files and directory: segment and snapshot names, a segment file that can be
+//! made to fail on purpose (every journal test runs against both), and directory fsync.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Turns the journal's writes, syncs and truncations into I/O errors while set: the way
+/// tests (and operators, through nothing else) see what a full or failing disk does.
+#[derive(Debug, Default)]
+pub struct FaultSwitch {
+    failing: AtomicBool,
+}
+
+impl FaultSwitch {
+    pub fn set(&self, failing: bool) {
+        self.failing.store(failing, Ordering::SeqCst);
+    }
+
+    fn check(&self) -> io::Result<()> {
+        if self.failing.load(Ordering::SeqCst) { Err(io::Error::other("injected disk fault")) } else { Ok(()) }
+    }
+}
+
+/// One open segment, appended to by the writer thread only.
+pub struct SegmentFile {
+    file: File,
+    pub path: PathBuf,
+    faults: Option<Arc<FaultSwitch>>,
+}
+
+impl SegmentFile {
+    pub fn create(path: PathBuf, faults: Option<Arc<FaultSwitch>>) -> io::Result<SegmentFile> {
+        let file = OpenOptions::new().create_new(true).append(true).open(&path)?;
+        Ok(SegmentFile { file, path, faults })
+    }
+
+    fn check(&self) -> io::Result<()> {
+        self.faults.as_ref().map_or(Ok(()), |f| f.check())
+    }
+
+    /// Appends `buf`. An injected fault writes half of it first, as a full disk would.
+    pub fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        if let Err(e) = self.check() {
+            let _ = self.file.write_all(&buf[..buf.len() / 2]);
+            return Err(e);
+        }
+        self.file.write_all(buf)
+    }
+
+    pub fn sync_data(&mut self) -> io::Result<()> {
+        self.check()?;
+        self.file.sync_data()
+    }
+
+    /// Cuts the file back to `len` bytes and makes that durable.
+    pub fn truncate(&mut self, len: u64) -> io::Result<()> {
+        self.check()?;
+        self.file.set_len(len)?;
+        self.file.sync_all()
+    }
+}
+
+pub fn segment_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("journal-{seq:016}.log"))
+}
+
+pub fn snapshot_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("snapshot-{seq:016}.snap"))
+}
+
+/// Segments and snapshots in `dir`, each sorted by sequence number.
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub segments: Vec<(u64, PathBuf)>,
+    pub snapshots: Vec<(u64, PathBuf)>,
+    /// Leftovers of an interrupted snapshot write.
+    pub temporaries: Vec<PathBuf>,
+}
+
+pub fn list(dir: &Path) -> io::Result<Listing> {
+    let mut l = Listing::default();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+        let seq = |prefix: &str, suffix: &str| name.strip_prefix(prefix)?.strip_suffix(suffix)?.parse::<u64>().ok();
+        if let Some(s) = seq("journal-", ".log") {
+            l.segments.push((s, path));
+        } else if let Some(s) = seq("snapshot-", ".snap") {
+            l.snapshots.push((s, path));
+        } else if name.ends_with(".tmp") {
+            l.temporaries.push(path);
+        }
+    }
+    l.segments.sort();
+    l.snapshots.sort();
+    Ok(l)
+}
+
+/// Makes file creations, renames and deletions in `dir` durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}

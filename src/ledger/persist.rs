@@ -1,0 +1,267 @@
+//! The ledger on disk: recovery (newest snapshot, then the journal segments after it,
+//! replayed through the same state machine), snapshot files, and the compactor thread that
+//! folds closed segments into a snapshot so that restart time and disk use stay bounded.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, mpsc};
+
+use super::codec;
+use super::state::{Event, Payment, State, Status};
+use crate::domain::{Cents, CorrelationId, UtcMillis};
+use crate::journal::file::{self, snapshot_path, sync_dir};
+use crate::journal::frame::{self, Scan};
+use crate::journal::{Completion, Record};
+
+impl Record for Event {
+    fn encode(&self, out: &mut Vec<u8>) {
+        codec::encode(self, out);
+    }
+
+    fn is_reset(&self) -> bool {
+        matches!(self, Event::Purged)
+    }
+}
+
+/// Recovery could not rebuild the state: the data directory needs a human.
+#[derive(Debug, thiserror::Error)]
+pub enum RecoveryError {
+    #[error("cannot read data directory {0}: {1}")]
+    Io(PathBuf, std::io::Error),
+    #[error("journal file {file} is damaged at byte offset {offset}: {reason}; refusing to start rather than drop history")]
+    Corrupt { file: PathBuf, offset: usize, reason: String },
+    #[error("snapshot {0} is damaged: {1}")]
+    BadSnapshot(PathBuf, String),
+}
+
+/// What recovery found.
+pub struct Recovered {
+    pub state: State,
+    /// The sequence number for the next segment to open.
+    pub next_seq: u64,
+    /// Records replayed from segments (not counting the snapshot).
+    pub replayed: u64,
+}
+
+/// Rebuilds the state from `dir`: the newest snapshot, then every later segment. A torn last
+/// record of the last segment is cut (and logged); damage anywhere else is an error.
+pub fn recover(dir: &Path, processors: usize) -> Result<Recovered, RecoveryError> {
+    let io = |e| RecoveryError::Io(dir.to_path_buf(), e);
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let listing = file::list(dir).map_err(io)?;
+    for tmp in &listing.temporaries {
+        let _ = std::fs::remove_file(tmp);
+    }
+    let r = replay(&listing, processors, u64::MAX, true)?;
+    let next_seq = listing.segments.last().map_or(0, |(s, _)| s + 1).max(listing.snapshots.last().map_or(0, |(s, _)| *s));
+    Ok(Recovered { state: r.0, next_seq, replayed: r.1 })
+}
+
+/// Rebuilds the state of a running gateway's directory (after a repaired write failure):
+/// like [`recover`], but with the writer and compactor alive, so under the directory lock and
+/// without touching any file.
+pub fn reload(dir: &Path, processors: usize, dir_lock: &Mutex<()>) -> Result<State, RecoveryError> {
+    let _guard = dir_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let listing = file::list(dir).map_err(|e| RecoveryError::Io(dir.to_path_buf(), e))?;
+    Ok(replay(&listing, processors, u64::MAX, false)?.0)
+}
+
+/// The state of the newest snapshot plus the segments in `[snapshot, upto)`.
+fn replay(listing: &file::Listing, processors: usize, upto: u64, cut_torn_tail: bool) -> Result<(State, u64), RecoveryError> {
+    let snapshot = listing.snapshots.iter().rev().find(|(s, _)| *s <= upto);
+    let (mut state, base) = match snapshot {
+        Some((seq, path)) => (load_snapshot(path, processors)?, *seq),
+        None => (State::new(processors), 0),
+    };
+    let segments: Vec<_> = listing.segments.iter().filter(|(s, _)| *s >= base && *s < upto).collect();
+    let mut replayed = 0u64;
+    for (i, (_, path)) in segments.iter().enumerate() {
+        let bytes = std::fs::read(path).map_err(|e| RecoveryError::Io(path.clone(), e))?;
+        let corrupt = |offset, reason: String| RecoveryError::Corrupt { file: path.clone(), offset, reason };
+        let scan = frame::scan(&bytes, |offset, payload| {
+            let event = codec::decode(payload).map_err(|e| corrupt(offset, e.to_string()))?;
+            state.apply(&event).map_err(|e| corrupt(offset, e.to_string()))?;
+            replayed += 1;
+            Ok(())
+        })?;
+        match scan {
+            Scan::Clean => {}
+            Scan::TornTail { offset, reason } if cut_torn_tail && i + 1 == segments.len() => {
+                tracing::warn!(file = %path.display(), offset, dropped_bytes = bytes.len() - offset, reason, "cutting a torn record at the journal's tail (an interrupted write)");
+                let f = OpenOptions::new().write(true).open(path).map_err(|e| RecoveryError::Io(path.clone(), e))?;
+                f.set_len(offset as u64).and_then(|()| f.sync_all()).map_err(|e| RecoveryError::Io(path.clone(), e))?;
+            }
+            // The open segment of a running gateway may end mid-batch; its durable prefix counts.
+            Scan::TornTail { .. } if !cut_torn_tail && i + 1 == segments.len() => {}
+            Scan::TornTail { offset, reason } | Scan::Corrupt { offset, reason } => return Err(corrupt(offset, reason.to_string())),
+        }
+    }
+    Ok((state, replayed))
+}
+
+const SNAPSHOT_MAGIC: &[u8; 8] = b"PGSNAP01";
+/// id 16 + cents 8 + accepted_at 8 + status 1 + processor 1 + requested_at 8.
+const SNAPSHOT_ENTRY_BYTES: usize = 42;
+
+fn encode_snapshot(state: &State) -> Vec<u8> {
+    let mut out = Vec::with_capacity(20 + state.len() * SNAPSHOT_ENTRY_BYTES + 4);
+    out.extend_from_slice(SNAPSHOT_MAGIC);
+    out.extend_from_slice(&(state.processors() as u32).to_le_bytes());
+    out.extend_from_slice(&(state.len() as u64).to_le_bytes());
+    for (id, p) in state.payments() {
+        let (tag, processor, at) = match p.status {
+            Status::Pending => (0u8, 0u8, 0i64),
+            Status::Sent { processor, requested_at } => (1, processor, requested_at.0),
+            Status::Processed { processor, requested_at } => (2, processor, requested_at.0),
+        };
+        out.extend_from_slice(&id.0.to_le_bytes());
+        out.extend_from_slice(&p.cents.get().to_le_bytes());
+        out.extend_from_slice(&p.accepted_at.0.to_le_bytes());
+        out.push(tag);
+        out.push(processor);
+        out.extend_from_slice(&at.to_le_bytes());
+    }
+    let crc = crc32c::crc32c(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+fn decode_snapshot(bytes: &[u8], processors: usize) -> Result<State, String> {
+    if bytes.len() < 24 || &bytes[..8] != SNAPSHOT_MAGIC {
+        return Err("not a paygate snapshot".into());
+    }
+    let (body, crc) = bytes.split_at(bytes.len() - 4);
+    if crc32c::crc32c(body) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
+        return Err("checksum mismatch".into());
+    }
+    let stored_processors = u32::from_le_bytes(body[8..12].try_into().expect("4")) as usize;
+    if stored_processors != processors {
+        return Err(format!("written for {stored_processors} processors, {processors} configured"));
+    }
+    let count = u64::from_le_bytes(body[12..20].try_into().expect("8")) as usize;
+    let entries = &body[20..];
+    if entries.len() != count * SNAPSHOT_ENTRY_BYTES {
+        return Err("length does not match its entry count".into());
+    }
+    let mut payments = Vec::with_capacity(count);
+    for e in entries.chunks_exact(SNAPSHOT_ENTRY_BYTES) {
+        let u64_at = |i: usize| u64::from_le_bytes(e[i..i + 8].try_into().expect("8"));
+        let id = CorrelationId(u128::from_le_bytes(e[0..16].try_into().expect("16")));
+        let cents = Cents::new(u64_at(16)).ok_or("amount out of range")?;
+        let (processor, at) = (e[33], UtcMillis(u64_at(34) as i64));
+        if usize::from(processor) >= processors {
+            return Err("unknown processor".into());
+        }
+        let status = match e[32] {
+            0 => Status::Pending,
+            1 => Status::Sent { processor, requested_at: at },
+            2 => Status::Processed { processor, requested_at: at },
+            _ => return Err("unknown payment status".into()),
+        };
+        payments.push((id, Payment { cents, accepted_at: UtcMillis(u64_at(24) as i64), status }));
+    }
+    Ok(State::restore(processors, payments))
+}
+
+fn load_snapshot(path: &Path, processors: usize) -> Result<State, RecoveryError> {
+    let bytes = std::fs::read(path).map_err(|e| RecoveryError::Io(path.to_path_buf(), e))?;
+    decode_snapshot(&bytes, processors).map_err(|e| RecoveryError::BadSnapshot(path.to_path_buf(), e))
+}
+
+/// Writes the snapshot atomically: a temporary file, fsync, rename, fsync of the directory.
+pub fn write_snapshot(dir: &Path, seq: u64, state: &State) -> std::io::Result<PathBuf> {
+    let path = snapshot_path(dir, seq);
+    let tmp = path.with_extension("snap.tmp");
+    let mut f = OpenOptions::new().create(true).truncate(true).write(true).open(&tmp)?;
+    f.write_all(&encode_snapshot(state))?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, &path)?;
+    sync_dir(dir)?;
+    Ok(path)
+}
+
+/// Starts the compactor: for each new segment number it hears of, it folds every older
+/// segment into a snapshot and deletes them. Returns the channel the journal reports to.
+pub fn spawn_compactor(dir: PathBuf, processors: usize, dir_lock: Arc<Mutex<()>>) -> std::io::Result<mpsc::Sender<u64>> {
+    let (tx, rx) = mpsc::channel::<u64>();
+    std::thread::Builder::new().name("journal-compactor".into()).spawn(move || {
+        while let Ok(mut upto) = rx.recv() {
+            // Only the newest boundary matters when several rotations queued up.
+            while let Ok(later) = rx.try_recv() {
+                upto = later;
+            }
+            if let Err(e) = compact(&dir, processors, upto, &dir_lock) {
+                tracing::warn!(error = %e, upto, "journal compaction failed; segments are kept");
+            }
+        }
+    })?;
+    Ok(tx)
+}
+
+fn compact(dir: &Path, processors: usize, upto: u64, dir_lock: &Mutex<()>) -> Result<(), String> {
+    let started = std::time::Instant::now();
+    let listing = file::list(dir).map_err(|e| e.to_string())?;
+    let consumed: Vec<_> = listing.segments.iter().filter(|(s, _)| *s < upto).cloned().collect();
+    if consumed.is_empty() {
+        return Ok(());
+    }
+    let (state, replayed) = replay(&listing, processors, upto, false).map_err(|e| e.to_string())?;
+    let _guard = dir_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    // A purge while we read deletes these files; our snapshot would resurrect what it purged.
+    if consumed.iter().any(|(_, p)| !p.exists()) {
+        return Ok(());
+    }
+    let path = write_snapshot(dir, upto, &state).map_err(|e| e.to_string())?;
+    for (_, p) in consumed.iter().chain(listing.snapshots.iter().filter(|(s, _)| *s < upto)) {
+        std::fs::remove_file(p).map_err(|e| format!("{}: {e}", p.display()))?;
+    }
+    sync_dir(dir).map_err(|e| e.to_string())?;
+    tracing::info!(snapshot = %path.display(), payments = state.len(), replayed, segments = consumed.len(), ms = started.elapsed().as_millis() as u64, "journal compacted into a snapshot");
+    Ok(())
+}
+
+/// A completion that only waits, for tools and tests that write journals directly.
+pub struct Wait(pub std::sync::mpsc::Sender<Result<(), crate::journal::JournalError>>);
+
+impl Completion for Wait {
+    fn complete(self, result: Result<(), crate::journal::JournalError>) {
+        let _ = self.0.send(result);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_state() -> State {
+        let mut s = State::new(2);
+        for i in 0..50u128 {
+            let id = CorrelationId(i);
+            s.apply(&Event::Accepted { id, cents: Cents::new(100 + i as u64).unwrap(), accepted_at: UtcMillis(1_000 + i as i64) }).unwrap();
+            if i % 3 != 0 {
+                s.apply(&Event::Intent { id, processor: (i % 2) as u8, requested_at: UtcMillis(2_000 + i as i64) }).unwrap();
+            }
+            if i % 3 == 1 {
+                s.apply(&Event::Processed { id, processor: (i % 2) as u8, requested_at: UtcMillis(2_000 + i as i64) }).unwrap();
+            }
+        }
+        s
+    }
+
+    #[test]
+    fn snapshot_encode_decode_preserves_state() {
+        let s = sample_state();
+        let back = decode_snapshot(&encode_snapshot(&s), 2).unwrap();
+        assert_eq!(back, s);
+    }
+
+    #[test]
+    fn damaged_snapshot_is_refused() {
+        let mut bytes = encode_snapshot(&sample_state());
+        bytes[40] ^= 1;
+        assert!(decode_snapshot(&bytes, 2).is_err());
+        assert!(decode_snapshot(&encode_snapshot(&sample_state()), 3).is_err());
+    }
+}
