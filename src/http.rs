@@ -168,22 +168,6 @@ pub fn query_param(query: &str, name: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn query_params_are_percent_decoded() {
-        let q = "from=2025-07-15T12%3A34%3A56.000Z&to=2025-07-15T12:34:57%2B00:00&x";
-        assert_eq!(query_param(q, "from").unwrap(), b"2025-07-15T12:34:56.000Z");
-        assert_eq!(query_param(q, "to").unwrap(), b"2025-07-15T12:34:57+00:00");
-        assert_eq!(query_param(q, "x").unwrap(), b"");
-        assert_eq!(query_param(q, "y"), None);
-        assert_eq!(query_param("a=%4", "a").unwrap(), b"%4");
-        assert_eq!(query_param("a=%41", "a").unwrap(), b"A");
-    }
-}
-
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
     match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -198,4 +182,20 @@ pub async fn shutdown_signal() {
         }
     }
     tracing::info!("shutdown requested");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_params_are_percent_decoded() {
+        let q = "from=2025-07-15T12%3A34%3A56.000Z&to=2025-07-15T12:34:57%2B00:00&x";
+        assert_eq!(query_param(q, "from").unwrap(), b"2025-07-15T12:34:56.000Z");
+        assert_eq!(query_param(q, "to").unwrap(), b"2025-07-15T12:34:57+00:00");
+        assert_eq!(query_param(q, "x").unwrap(), b"");
+        assert_eq!(query_param(q, "y"), None);
+        assert_eq!(query_param("a=%4", "a").unwrap(), b"%4");
+        assert_eq!(query_param("a=%41", "a").unwrap(), b"A");
+    }
 }

@@ -1,0 +1,234 @@
+//! Durability: the journal on real files (and on a faulty file backend), recovery from torn
+//! tails and refusal of damaged history, snapshots, and a gateway that loses nothing across
+//! restarts and refuses to acknowledge what it cannot make durable.
+
+mod common;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use common::*;
+use hyper::{Method, StatusCode};
+use paygate::domain::{Cents, CorrelationId, UtcMillis};
+use paygate::journal::file::list;
+use paygate::journal::{FaultSwitch, FileOptions, Journal};
+use paygate::ledger::persist::{self, Wait};
+use paygate::ledger::{Event, State};
+
+/// A deterministic mix of events: accepted, sent, processed, rejected and re-sent payments.
+fn events(n: u128) -> Vec<Event> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let id = CorrelationId(i + 1);
+        out.push(Event::Accepted { id, cents: Cents::new(1_000 + i as u64).unwrap(), accepted_at: UtcMillis(1_000 + i as i64) });
+        if i % 4 == 0 {
+            continue;
+        }
+        out.push(Event::Intent { id, processor: 0, requested_at: UtcMillis(2_000 + i as i64) });
+        if i % 4 == 1 {
+            out.push(Event::Processed { id, processor: 0, requested_at: UtcMillis(2_000 + i as i64) });
+        } else if i % 4 == 2 {
+            out.push(Event::Rejected { id, processor: 0 });
+            out.push(Event::Intent { id, processor: 1, requested_at: UtcMillis(3_000 + i as i64) });
+            out.push(Event::Processed { id, processor: 1, requested_at: UtcMillis(3_000 + i as i64) });
+        }
+    }
+    out
+}
+
+fn model(events: &[Event]) -> State {
+    let mut s = State::new(2);
+    for e in events {
+        s.apply(e).unwrap();
+    }
+    s
+}
+
+fn options(dir: &Path, segment_max_bytes: u64, faults: Option<Arc<FaultSwitch>>) -> FileOptions {
+    FileOptions { dir: dir.to_path_buf(), fsync: true, segment_max_bytes, faults, rotated: None, dir_lock: Arc::new(Mutex::new(())) }
+}
+
+/// Writes `events` through the real journal writer, waiting for each group to be durable.
+fn write_journal(opts: FileOptions, next_seq: u64, events: &[Event]) {
+    let mut journal: Journal<Event, Wait> = Journal::open(opts, next_seq).unwrap();
+    let (tx, rx) = mpsc::channel();
+    for e in events {
+        journal.submit(Some(*e), Wait(tx.clone()));
+    }
+    for _ in events {
+        rx.recv().unwrap().unwrap();
+    }
+}
+
+fn only_segment(dir: &Path) -> std::path::PathBuf {
+    let l = list(dir).unwrap();
+    assert_eq!(l.segments.len(), 1);
+    l.segments[0].1.clone()
+}
+
+#[test]
+fn truncation_anywhere_inside_the_last_record_keeps_exactly_the_records_before_it() {
+    let evs = events(12);
+    let dir = temp_dir("torn");
+    write_journal(options(&dir, u64::MAX, None), 0, &evs);
+    let segment = only_segment(&dir);
+    let full = std::fs::read(&segment).unwrap();
+    let mut last_len = Vec::new();
+    paygate::ledger::codec::encode(evs.last().unwrap(), &mut last_len);
+    let last_start = full.len() - (paygate::journal::frame::HEADER_BYTES + last_len.len());
+    let before = model(&evs[..evs.len() - 1]);
+    for cut in last_start..full.len() {
+        std::fs::write(&segment, &full[..cut]).unwrap();
+        let r = persist::recover(&dir, 2).unwrap();
+        assert!(r.state == before, "cut at {cut}");
+        assert_eq!(std::fs::metadata(&segment).unwrap().len(), last_start as u64, "torn tail is cut from the file");
+        // Recovery started a fresh segment name; drop it so the next cut sees one segment.
+        assert_eq!(r.next_seq, 1);
+    }
+    std::fs::write(&segment, &full).unwrap();
+    assert!(persist::recover(&dir, 2).unwrap().state == model(&evs));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_flipped_byte_in_an_early_record_stops_recovery_naming_file_and_offset() {
+    let evs = events(12);
+    let dir = temp_dir("corrupt");
+    write_journal(options(&dir, u64::MAX, None), 0, &evs);
+    let segment = only_segment(&dir);
+    let full = std::fs::read(&segment).unwrap();
+    let mut first = Vec::new();
+    paygate::ledger::codec::encode(&evs[0], &mut first);
+    let second_record = paygate::journal::frame::HEADER_BYTES + first.len();
+    // Every byte of the second record: header (length, its check, CRC) and payload.
+    for i in second_record..second_record + 20 {
+        let mut damaged = full.clone();
+        damaged[i] ^= 0x10;
+        std::fs::write(&segment, &damaged).unwrap();
+        let err = persist::recover(&dir, 2).err().unwrap_or_else(|| panic!("flip at {i} was not detected")).to_string();
+        assert!(err.contains(&segment.display().to_string()), "{err}");
+        assert!(err.contains(&format!("offset {second_record}")), "flip at {i}: {err}");
+        assert_eq!(std::fs::read(&segment).unwrap(), damaged, "a damaged journal is left untouched");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn snapshot_then_replay_equals_full_replay() {
+    let evs = events(400);
+    let (half_a, half_b) = evs.split_at(evs.len() / 2);
+    // Full replay: one big segment.
+    let full_dir = temp_dir("full");
+    write_journal(options(&full_dir, u64::MAX, None), 0, &evs);
+    let full = persist::recover(&full_dir, 2).unwrap().state;
+    assert!(full == model(&evs));
+    // Snapshot of the first half, then the second half in later segments.
+    let snap_dir = temp_dir("snap");
+    write_journal(options(&snap_dir, u64::MAX, None), 0, half_a);
+    let first = persist::recover(&snap_dir, 2).unwrap();
+    persist::write_snapshot(&snap_dir, first.next_seq, &first.state).unwrap();
+    for (_, seg) in list(&snap_dir).unwrap().segments {
+        std::fs::remove_file(seg).unwrap();
+    }
+    write_journal(options(&snap_dir, 512, None), first.next_seq, half_b);
+    let l = list(&snap_dir).unwrap();
+    assert_eq!(l.snapshots.len(), 1);
+    assert!(l.segments.len() > 1, "small segments rotate");
+    let restored = persist::recover(&snap_dir, 2).unwrap();
+    assert!(restored.state == full, "snapshot + replay differs from full replay");
+    assert_eq!(restored.replayed as usize, half_b.len());
+    std::fs::remove_dir_all(full_dir).unwrap();
+    std::fs::remove_dir_all(snap_dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepted_payments_survive_a_restart_and_compaction_keeps_them() {
+    let (default, fallback) = start_pair().await;
+    let sims = [("default", &default), ("fallback", &fallback)];
+    let mut config = gateway_config(&sims);
+    // Tiny segments: the compactor folds them into snapshots during the run.
+    config.segment_max_bytes = 2_048;
+    let http = Http::default();
+    let gw = start_gateway(config.clone()).await;
+    let ids: Vec<_> = (0..300).map(|_| CorrelationId::random()).collect();
+    for id in &ids {
+        assert_eq!(http.pay(&gw.url, *id, "7.25").await, StatusCode::ACCEPTED);
+    }
+    eventually(Duration::from_secs(20), "processed", || async { default.sim.payment_count() == 300 }).await;
+    gw.stop_keeping_data().await;
+    let l = list(&config.data_dir).unwrap();
+    assert!(!l.snapshots.is_empty(), "compaction wrote a snapshot: {l:?}");
+    let gw = start_gateway(config.clone()).await;
+    assert_eq!(totals_of(&http.gateway_summary(&gw.url, "").await, "default"), (300, 300 * 725));
+    for id in &ids {
+        let v = http.get_json(&format!("{}/payments/{id}", gw.url), &[]).await;
+        assert_eq!(v["status"], "processed");
+    }
+    // Idempotency survives the restart too.
+    assert_eq!(http.pay(&gw.url, ids[0], "7.25").await, StatusCode::ACCEPTED);
+    assert_eq!(http.pay(&gw.url, ids[0], "7.26").await, StatusCode::CONFLICT);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(default.sim.payment_requests(), 300);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purged_payments_stay_purged_after_a_restart() {
+    let (default, fallback) = start_pair().await;
+    let config = gateway_config(&[("default", &default), ("fallback", &fallback)]);
+    let http = Http::default();
+    let gw = start_gateway(config.clone()).await;
+    let before = CorrelationId::random();
+    assert_eq!(http.pay(&gw.url, before, "1.00").await, StatusCode::ACCEPTED);
+    eventually(Duration::from_secs(10), "processed", || async { default.sim.payment_count() == 1 }).await;
+    let (status, _) = http.send(Method::POST, &format!("{}/purge-payments", gw.url), &[("X-Admin-Token", ADMIN_TOKEN)], "").await;
+    assert_eq!(status, StatusCode::OK);
+    let after = CorrelationId::random();
+    assert_eq!(http.pay(&gw.url, after, "2.00").await, StatusCode::ACCEPTED);
+    eventually(Duration::from_secs(10), "processed", || async { default.sim.payment_count() == 2 }).await;
+    gw.stop_keeping_data().await;
+    let gw = start_gateway(config).await;
+    assert_eq!(http.get(&format!("{}/payments/{before}", gw.url)).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(http.get(&format!("{}/payments/{after}", gw.url)).await.0, StatusCode::OK);
+    assert_eq!(totals_of(&http.gateway_summary(&gw.url, "").await, "default"), (1, 200));
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_disk_gets_503_never_202_and_the_gateway_recovers_when_it_heals() {
+    let (default, fallback) = start_pair().await;
+    let mut config = gateway_config(&[("default", &default), ("fallback", &fallback)]);
+    let faults = Arc::new(FaultSwitch::default());
+    config.faults = Some(faults.clone());
+    let http = Http::default();
+    let gw = start_gateway(config.clone()).await;
+    let good = CorrelationId::random();
+    assert_eq!(http.pay(&gw.url, good, "4.00").await, StatusCode::ACCEPTED);
+
+    faults.set(true);
+    let refused: Vec<_> = (0..20).map(|_| CorrelationId::random()).collect();
+    for id in &refused {
+        let (status, body) =
+            http.send(Method::POST, &format!("{}/payments", gw.url), &[], format!(r#"{{"correlationId":"{id}","amount":9.99}}"#)).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{}", String::from_utf8_lossy(&body));
+        assert!(String::from_utf8_lossy(&body).contains("journal_unavailable"));
+    }
+    assert_eq!(http.get(&format!("{}/health", gw.url)).await.0, StatusCode::SERVICE_UNAVAILABLE);
+
+    faults.set(false);
+    eventually(Duration::from_secs(10), "healthy again", || async { http.get(&format!("{}/health", gw.url)).await.0 == StatusCode::OK })
+        .await;
+    let later = CorrelationId::random();
+    assert_eq!(http.pay(&gw.url, later, "5.00").await, StatusCode::ACCEPTED);
+    eventually(Duration::from_secs(10), "processed", || async { default.sim.payment_count() == 2 }).await;
+    for id in &refused {
+        assert_eq!(http.get(&format!("{}/payments/{id}", gw.url)).await.0, StatusCode::NOT_FOUND, "a refused payment exists");
+    }
+    gw.stop_keeping_data().await;
+    // What the disk holds is exactly what was acknowledged.
+    let r = persist::recover(&config.data_dir, 2).unwrap();
+    assert_eq!(r.state.len(), 2);
+    assert!(r.state.get(good).is_some() && r.state.get(later).is_some());
+    std::fs::remove_dir_all(&config.data_dir).unwrap();
+}
