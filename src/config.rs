@@ -21,6 +21,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Run a payment processor simulator (the Rinha de Backend 2025 processor API).
     ProcessorSim(crate::sim::SimArgs),
+    /// Open-model load generator: fixed arrival rate, latency from the intended send time.
+    Loadgen(crate::loadgen::LoadgenArgs),
 }
 
 #[derive(Args, Debug, Clone)]

@@ -9,5 +9,6 @@ pub mod gateway;
 pub mod http;
 pub mod journal;
 pub mod ledger;
+pub mod loadgen;
 pub mod processor;
 pub mod sim;

@@ -2,6 +2,10 @@
 
 use paygate::config::{self, Command, GatewayConfig};
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     tracing_subscriber::fmt()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -23,6 +27,7 @@ fn main() {
                 paygate::gateway::run(config, listener, paygate::http::shutdown_signal()).await
             }
             Command::ProcessorSim(args) => paygate::sim::run(args).await,
+            Command::Loadgen(args) => paygate::loadgen::run(args).await,
         }
     });
     if let Err(e) = result {

@@ -2,7 +2,13 @@
 //! status, and the per-processor summary index. Replaying the journal through
 //! [`State::apply`] rebuilds exactly the state the running gateway had.
 
-use rustc_hash::FxHashMap;
+/// The ledger's id-keyed map. Ids are UUIDs chosen by clients, but a u128 key cannot be
+/// crafted to collide under FxHash any more cheaply than by sending many payments, which the
+/// pending bound already limits; `--no-default-features` measures SipHash instead.
+#[cfg(feature = "fxhash")]
+type IdMap<V> = rustc_hash::FxHashMap<u128, V>;
+#[cfg(not(feature = "fxhash"))]
+type IdMap<V> = std::collections::HashMap<u128, V>;
 
 use super::summary::{SummaryIndex, Totals};
 use crate::domain::{Cents, CorrelationId, UtcMillis};
@@ -62,7 +68,7 @@ pub struct ApplyError {
 
 #[derive(Clone, Debug)]
 pub struct State {
-    payments: FxHashMap<u128, Payment>,
+    payments: IdMap<Payment>,
     summaries: Vec<SummaryIndex>,
     /// Payments accepted and not yet processed.
     unfinished: usize,
@@ -81,7 +87,7 @@ impl PartialEq for State {
 
 impl State {
     pub fn new(processors: usize) -> State {
-        State { payments: FxHashMap::default(), summaries: vec![SummaryIndex::new(); processors], unfinished: 0 }
+        State { payments: IdMap::default(), summaries: vec![SummaryIndex::new(); processors], unfinished: 0 }
     }
 
     /// Rebuilds a state from its payments (a snapshot). Processed payments enter the summary
