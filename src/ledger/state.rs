@@ -2,9 +2,10 @@
 //! status, and the per-processor summary index. Replaying the journal through
 //! [`State::apply`] rebuilds exactly the state the running gateway had.
 
-/// The ledger's id-keyed map. Ids are UUIDs chosen by clients, but a u128 key cannot be
-/// crafted to collide under FxHash any more cheaply than by sending many payments, which the
-/// pending bound already limits; `--no-default-features` measures SipHash instead.
+/// The ledger's id-keyed map. FxHash is unkeyed: a hostile client could craft colliding ids
+/// and slow the ledger down. paygate treats its clients as trusted (they sit behind the
+/// operator's own front end, as in the contest); a deployment facing untrusted clients builds
+/// without the `fxhash` feature to get std's keyed SipHash. perf.md measures the difference.
 #[cfg(feature = "fxhash")]
 type IdMap<V> = rustc_hash::FxHashMap<u128, V>;
 #[cfg(not(feature = "fxhash"))]
