@@ -23,6 +23,8 @@ pub enum Command {
     ProcessorSim(crate::sim::SimArgs),
     /// Open-model load generator: fixed arrival rate, latency from the intended send time.
     Loadgen(crate::loadgen::LoadgenArgs),
+    /// Exit 0 when the gateway's /health answers 200 (for container health checks).
+    Healthcheck(crate::healthcheck::HealthcheckArgs),
 }
 
 #[derive(Args, Debug, Clone)]

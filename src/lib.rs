@@ -6,6 +6,7 @@ pub mod config;
 pub mod dispatch;
 pub mod domain;
 pub mod gateway;
+pub mod healthcheck;
 pub mod http;
 pub mod journal;
 pub mod ledger;

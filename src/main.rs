@@ -28,6 +28,7 @@ fn main() {
             }
             Command::ProcessorSim(args) => paygate::sim::run(args).await,
             Command::Loadgen(args) => paygate::loadgen::run(args).await,
+            Command::Healthcheck(args) => paygate::healthcheck::run(args).await,
         }
     });
     if let Err(e) = result {
