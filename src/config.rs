@@ -62,6 +62,9 @@ pub struct ServeArgs {
     /// Accepted payments not yet processed; beyond it `POST /payments` answers 503.
     #[arg(long, env = "PAYGATE_PENDING_MAX", default_value_t = 200_000)]
     pub pending_max: usize,
+    /// Tokio worker threads (default: one per CPU core).
+    #[arg(long, env = "PAYGATE_WORKER_THREADS", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
+    pub worker_threads: Option<usize>,
     /// Interval between calls to each processor's health endpoint (the processors allow one
     /// per 5 s; with N gateway instances use N × 5000).
     #[arg(long, env = "PAYGATE_HEALTH_INTERVAL_MS", default_value_t = 5_000)]
