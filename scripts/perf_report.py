@@ -1,0 +1,297 @@
+#!/usr/bin/env python3
+"""Runs paygate's performance matrix and regenerates perf.md's result tables.
+
+Every table in perf.md between `<!-- perf-report:NAME -->` and `<!-- /perf-report:NAME -->`
+is written here from the JSON results in perf/results/, never by hand. Each comparison runs
+A and B interleaved (ABBA order), 3 runs each by default, on the same machine in the same
+session, and reports medians and the spread (min–max) of every run.
+
+    python3 scripts/perf_report.py                      # everything (~40 min on 2 cores)
+    python3 scripts/perf_report.py --only matrix --strategies lto,fsync
+    python3 scripts/perf_report.py --render             # re-render perf.md from saved JSON
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_env import ROOT, Stack, build, gateway_argv  # noqa: E402
+
+RESULTS = ROOT / "perf" / "results"
+PERF_MD = ROOT / "perf.md"
+
+# name -> how to build it (one factor differs from "release").
+VARIANTS = {
+    "release": {},
+    "lto-off": {"env": {"CARGO_PROFILE_RELEASE_LTO": "false"}},
+    "cgu-16": {"env": {"CARGO_PROFILE_RELEASE_CODEGEN_UNITS": "16"}},
+    "unwind": {"env": {"CARGO_PROFILE_RELEASE_PANIC": "unwind"}},
+    "generic-cpu": {"rustflags": "-C target-cpu=x86-64"},
+    "system-alloc": {"cargo_args": ["--no-default-features", "--features", "fxhash"]},
+    "siphash": {"cargo_args": ["--no-default-features", "--features", "mimalloc"]},
+}
+
+# strategy -> (title, (variant A, gateway args A), (variant B, gateway args B))
+STRATEGIES = {
+    "lto": ("Fat LTO vs no LTO", ("release", []), ("lto-off", [])),
+    "codegen-units": ("codegen-units 1 vs 16", ("release", []), ("cgu-16", [])),
+    "panic": ("panic=abort vs unwind", ("release", []), ("unwind", [])),
+    "target-cpu": ("target-cpu=native vs generic x86-64", ("release", []), ("generic-cpu", [])),
+    "allocator": ("mimalloc vs system allocator", ("release", []), ("system-alloc", [])),
+    "hash": ("FxHash vs SipHash for the ledger's maps", ("release", []), ("siphash", [])),
+    "fsync": ("--fsync on vs off", ("release", ["--fsync", "on"]), ("release", ["--fsync", "off"])),
+    "workers": ("tokio worker threads: 2 vs 1", ("release", ["--worker-threads", "2"]), ("release", ["--worker-threads", "1"])),
+}
+
+
+def loadgen(tool, url, rate, duration, out, extra=()):
+    cmd = [str(tool), "loadgen", "--url", url, "--rate", str(rate), "--duration", str(duration), "--json", str(out), *extra]
+    subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return json.loads(Path(out).read_text())
+
+
+def one_run(bins, variant, args, rate, duration, tag, sweep=None, server=None):
+    """Starts simulators + gateway (or `server` argv), runs loadgen, stops everything."""
+    argv = server or gateway_argv(bins[variant], args)
+    marker = "bare-hyper listening on " if server else "paygate listening on "
+    stack = Stack(bins["release"], argv, server_marker=marker)
+    try:
+        out = stack.dir / f"{tag}.json"
+        extra = sweep or ["--warmup", "1"]
+        return loadgen(bins["release"], f"http://{stack.server.addr}", rate, duration, out, extra)
+    finally:
+        stack.stop()
+
+
+def interleaved(runs, sides, run_side):
+    """ABBA interleaving: returns {side: [result, ...]}."""
+    got = {s: [] for s in sides}
+    for i in range(runs):
+        order = sides if i % 2 == 0 else list(reversed(sides))
+        for s in order:
+            print(f"  run {i + 1}/{runs} {s}", flush=True)
+            got[s].append(run_side(s))
+    return got
+
+
+def save(name, data):
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    data["recorded_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    data["machine"] = machine()
+    (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=1) + "\n")
+
+
+def machine():
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    return f"{os.cpu_count()} cores, {cpu}"
+
+
+def commit():
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+
+# ---------------------------------------------------------------- experiments
+
+def run_matrix(bins, strategies, runs, rate, duration):
+    for name in strategies:
+        title, (va, aa), (vb, ab) = STRATEGIES[name]
+        print(f"[matrix] {name}: {title}", flush=True)
+        sides = {"A": (va, aa), "B": (vb, ab)}
+        got = interleaved(runs, ["A", "B"], lambda s: one_run(bins, sides[s][0], sides[s][1], rate, duration, f"{name}-{s}"))
+        save(f"matrix-{name}", {"title": title, "rate": rate, "duration_s": duration, "commit": commit(),
+                                "A": {"variant": va, "args": aa, "runs": got["A"]},
+                                "B": {"variant": vb, "args": ab, "runs": got["B"]}})
+
+
+def run_targets(bins, runs, duration):
+    print("[targets] paygate vs bare hyper at 2000/s, fsync on", flush=True)
+    bare = [str(bins["bare"]), "127.0.0.1:0"]
+    got = interleaved(runs, ["paygate", "bare"], lambda s: one_run(
+        bins, "release", ["--fsync", "on"], 2000, duration, f"target-{s}", server=bare if s == "bare" else None))
+    save("targets-2000", {"rate": 2000, "duration_s": duration, "commit": commit(), "paygate": got["paygate"], "bare": got["bare"]})
+
+
+def run_sweep(bins, runs, step_s):
+    print("[sweep] highest rate with p99 <= 1 ms, fsync on vs off", flush=True)
+    sweep = ["--sweep", "--sweep-start", "1000", "--sweep-step", "1000", "--sweep-max", "12000", "--p99-bound-ms", "1.0", "--warmup", "1"]
+    got = interleaved(runs, ["on", "off"], lambda s: one_run(bins, "release", ["--fsync", s], 1000, step_s, f"sweep-{s}", sweep=sweep))
+    save("sweep", {"step_s": step_s, "commit": commit(), "on": got["on"], "off": got["off"]})
+
+
+def run_contest(bins, runs):
+    print("[contest] k6 contest scenario: paygate vs bare hyper", flush=True)
+
+    def side(s):
+        server = [str(bins["bare"]), "127.0.0.1:0"] if s == "bare" else None
+        argv = server or gateway_argv(bins["release"])
+        stack = Stack(bins["release"], argv, server_marker="bare-hyper listening on " if server else "paygate listening on ")
+        try:
+            out = stack.dir / "contest.json"
+            env = dict(os.environ, GATEWAY_URL=f"http://{stack.server.addr}", DEFAULT_URL=f"http://{stack.default.addr}",
+                       FALLBACK_URL=f"http://{stack.fallback.addr}", ADMIN_TOKEN="perf", RESULTS=str(out))
+            # The bare server fails the consistency thresholds by design; only its latency counts.
+            subprocess.run(["k6", "run", "--quiet", "loadtest/contest.js"], cwd=ROOT, env=env, check=False,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            return json.loads(out.read_text())
+        finally:
+            stack.stop()
+
+    got = interleaved(runs, ["paygate", "bare"], side)
+    save("contest", {"commit": commit(), "paygate": got["paygate"], "bare": got["bare"]})
+
+
+# ---------------------------------------------------------------- rendering
+
+def med(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def lat(runs, key):
+    return [r["latency_ms"][key] for r in runs]
+
+
+def errors(runs):
+    return sum(sum(r["errors"].values()) for r in runs)
+
+
+def fmt(x):
+    return f"{x:.3f}" if x < 10 else f"{x:.1f}"
+
+
+def spread(xs):
+    return f"{fmt(min(xs))}–{fmt(max(xs))}"
+
+
+def verdict(a, b, what="p99"):
+    """B relative to A: a change counts only if the runs' ranges do not overlap."""
+    if max(b) < min(a):
+        return f"B lower {what} (ranges do not overlap)"
+    if min(b) > max(a):
+        return f"B higher {what} (ranges do not overlap)"
+    return f"within noise ({what} ranges overlap)"
+
+
+def latency_table(rows):
+    out = ["| side | runs | p50 ms (median) | p99 ms (median) | p99 spread | p99.9 ms (median) | max ms (median) | errors |",
+           "|---|---|---|---|---|---|---|---|"]
+    for label, runs in rows:
+        out.append(f"| {label} | {len(runs)} | {fmt(med(lat(runs, 'p50')))} | {fmt(med(lat(runs, 'p99')))} | {spread(lat(runs, 'p99'))} | "
+                   f"{fmt(med(lat(runs, 'p999')))} | {fmt(med(lat(runs, 'max')))} | {errors(runs)} |")
+    return out
+
+
+def render_matrix(name):
+    d = load(f"matrix-{name}")
+    if not d:
+        return None
+    a, b = d["A"], d["B"]
+    rows = [(f"A: {a['variant']} {' '.join(a['args'])}".strip(), a["runs"]), (f"B: {b['variant']} {' '.join(b['args'])}".strip(), b["runs"])]
+    out = latency_table(rows)
+    out += ["", f"Generated verdict: **{verdict(lat(a['runs'], 'p99'), lat(b['runs'], 'p99'))}**; "
+                f"{d['rate']}/s open model for {d['duration_s']} s per run, commit `{d['commit']}`, {d['recorded_at']}, {d['machine']}."]
+    return out
+
+
+def render_targets():
+    d = load("targets-2000")
+    if not d:
+        return None
+    out = latency_table([("paygate (fsync on)", d["paygate"]), ("bare hyper (floor)", d["bare"])])
+    p99, p999 = med(lat(d["paygate"], "p99")), med(lat(d["paygate"], "p999"))
+    out += ["", f"Target p99 ≤ 1.0 ms: **{'met' if p99 <= 1.0 else f'missed by {fmt(p99 - 1.0)} ms'}**; "
+                f"p99.9 ≤ 3 ms: **{'met' if p999 <= 3.0 else f'missed by {fmt(p999 - 3.0)} ms'}**; "
+                f"errors: {errors(d['paygate'])}. {d['rate']}/s for {d['duration_s']} s per run, commit `{d['commit']}`, {d['recorded_at']}."]
+    return out
+
+
+def render_sweep():
+    d = load("sweep")
+    if not d:
+        return None
+    out = ["| fsync | runs | best rate with p99 ≤ 1 ms (median) | spread |", "|---|---|---|---|"]
+    for side in ("on", "off"):
+        best = [r.get("best_rate_within_bound") or 0 for r in d[side]]
+        out.append(f"| {side} | {len(best)} | {med(best):.0f}/s | {min(best)}–{max(best)}/s |")
+    out += ["", f"Steps of {d['step_s']} s, +1000/s per step; commit `{d['commit']}`, {d['recorded_at']}."]
+    return out
+
+
+def render_contest():
+    d = load("contest")
+    if not d:
+        return None
+    out = ["| server | runs | p99 ms (median) | p99 spread | inconsistencies (max) | lag (max) | fallback payments (max) |", "|---|---|---|---|---|---|---|"]
+    for label, key in (("paygate", "paygate"), ("bare hyper (floor)", "bare")):
+        runs = d[key]
+        p99 = [r["p99_ms"] for r in runs]
+        if key == "bare":
+            tail = "n/a (does no work) | n/a | n/a"
+        else:
+            tail = f"{max(r['inconsistencies'] for r in runs)} | {max(r['lag'] for r in runs)} | {max(r['payments']['fallback'] for r in runs)}"
+        out.append(f"| {label} | {len(runs)} | {fmt(med(p99))} | {spread(p99)} | {tail} |")
+    pg, floor = med([r["p99_ms"] for r in d["paygate"]]), med([r["p99_ms"] for r in d["bare"]])
+    out += ["", f"paygate's p99 is {100 * (pg / floor - 1):+.0f} % of the floor's (target: within +10 %); commit `{d['commit']}`, {d['recorded_at']}."]
+    return out
+
+
+def load(name):
+    p = RESULTS / f"{name}.json"
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def render():
+    text = PERF_MD.read_text()
+    tables = {f"matrix-{n}": (lambda n=n: render_matrix(n)) for n in STRATEGIES}
+    tables.update({"targets-2000": render_targets, "sweep": render_sweep, "contest": render_contest})
+    for name, fn in tables.items():
+        start, end = f"<!-- perf-report:{name} -->", f"<!-- /perf-report:{name} -->"
+        if start not in text:
+            continue
+        body = fn()
+        content = "\n".join(body) if body else "_Not measured yet: run `just perf-report`._"
+        head, rest = text.split(start, 1)
+        _, tail = rest.split(end, 1)
+        text = f"{head}{start}\n{content}\n{end}{tail}"
+    PERF_MD.write_text(text)
+    print(f"[render] {PERF_MD}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", default="matrix,targets,sweep,contest")
+    ap.add_argument("--strategies", default=",".join(STRATEGIES))
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--rate", type=int, default=2000)
+    ap.add_argument("--duration", type=float, default=10)
+    ap.add_argument("--target-duration", type=float, default=30)
+    ap.add_argument("--sweep-step", type=float, default=5)
+    ap.add_argument("--render", action="store_true", help="only re-render perf.md from saved results")
+    a = ap.parse_args()
+    if not a.render:
+        only = set(a.only.split(","))
+        strategies = [s for s in a.strategies.split(",") if s]
+        needed = {"release"}
+        if "matrix" in only:
+            needed |= {STRATEGIES[s][1][0] for s in strategies} | {STRATEGIES[s][2][0] for s in strategies}
+        bins = {v: build(v, **VARIANTS[v]) for v in sorted(needed)}
+        if only & {"targets", "contest"}:
+            bins["bare"] = build("release", target="bare_hyper", example=True)
+        if "matrix" in only:
+            run_matrix(bins, strategies, a.runs, a.rate, a.duration)
+        if "targets" in only:
+            run_targets(bins, a.runs, a.target_duration)
+        if "sweep" in only:
+            run_sweep(bins, a.runs, a.sweep_step)
+        if "contest" in only:
+            run_contest(bins, a.runs)
+    render()
+
+
+if __name__ == "__main__":
+    main()
