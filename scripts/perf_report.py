@@ -146,6 +146,27 @@ def run_contest(bins, runs):
     save("contest", {"commit": commit(), "paygate": got["paygate"], "bare": got["bare"]})
 
 
+def run_benches(runs):
+    """Runs the criterion benches `runs` times; keeps each run's criterion median and the JSON
+    lines the custom measurements print (`journal-latency:`, `recovery-1m:`, ...)."""
+    env = dict(os.environ, RUSTFLAGS="-C target-cpu=native")
+    got = []
+    for i in range(runs):
+        print(f"[benches] run {i + 1}/{runs}", flush=True)
+        run = {"criterion": {}, "lines": {}}
+        for bench in ("hot_paths", "journal", "recovery"):
+            out = subprocess.run(["cargo", "bench", "--bench", bench], cwd=ROOT, env=env, check=True, capture_output=True, text=True).stdout
+            for line in out.splitlines():
+                key, sep, rest = line.partition(": {")
+                if sep and " " not in key:
+                    run["lines"].setdefault(key, []).append(json.loads("{" + rest))
+        for est in (ROOT / "target" / "criterion").glob("**/new/estimates.json"):
+            name = str(est.parent.parent.relative_to(ROOT / "target" / "criterion"))
+            run["criterion"][name] = json.loads(est.read_text())["median"]["point_estimate"]
+        got.append(run)
+    save("benches", {"commit": commit(), "runs": got})
+
+
 # ---------------------------------------------------------------- rendering
 
 def med(xs):
@@ -240,6 +261,33 @@ def render_contest():
     return out
 
 
+def ns(x):
+    return f"{x:.0f} ns" if x < 1e4 else (f"{x / 1e3:.1f} µs" if x < 1e7 else f"{x / 1e6:.1f} ms")
+
+
+def render_benches():
+    d = load("benches")
+    if not d:
+        return None
+    runs = d["runs"]
+    out = ["| bench (criterion median per iteration) | runs | median | spread |", "|---|---|---|---|"]
+    for name in sorted(runs[0]["criterion"]):
+        xs = [r["criterion"][name] for r in runs if name in r["criterion"]]
+        out.append(f"| `{name}` | {len(xs)} | {ns(med(xs))} | {ns(min(xs))}–{ns(max(xs))} |")
+    out += ["", "| custom measurement | runs | median of the runs |", "|---|---|---|"]
+    for key in sorted(runs[0]["lines"]):
+        for i, first in enumerate(runs[0]["lines"][key]):
+            fields = {k: v for k, v in first.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            flags = ", ".join(f"{k}={v}" for k, v in first.items() if isinstance(v, bool))
+            cells = []
+            for k in fields:
+                xs = [r["lines"][key][i][k] for r in runs if key in r["lines"] and len(r["lines"][key]) > i]
+                cells.append(f"{k} {med(xs):.4g}" if k not in ("payments", "submitters", "runs") else f"{k} {med(xs):.0f}")
+            out.append(f"| `{key}` {flags} | {len(runs)} | {'; '.join(cells)} |")
+    out += ["", f"`cargo bench` with `-C target-cpu=native`, {len(runs)} runs; commit `{d['commit']}`, {d['recorded_at']}, {d['machine']}."]
+    return out
+
+
 def load(name):
     p = RESULTS / f"{name}.json"
     return json.loads(p.read_text()) if p.exists() else None
@@ -248,7 +296,7 @@ def load(name):
 def render():
     text = PERF_MD.read_text()
     tables = {f"matrix-{n}": (lambda n=n: render_matrix(n)) for n in STRATEGIES}
-    tables.update({"targets-2000": render_targets, "sweep": render_sweep, "contest": render_contest})
+    tables.update({"targets-2000": render_targets, "sweep": render_sweep, "contest": render_contest, "benches": render_benches})
     for name, fn in tables.items():
         start, end = f"<!-- perf-report:{name} -->", f"<!-- /perf-report:{name} -->"
         if start not in text:
@@ -264,7 +312,7 @@ def render():
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default="matrix,targets,sweep,contest")
+    ap.add_argument("--only", default="benches,matrix,targets,sweep,contest")
     ap.add_argument("--strategies", default=",".join(STRATEGIES))
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--rate", type=int, default=2000)
@@ -290,6 +338,8 @@ def main():
             run_sweep(bins, a.runs, a.sweep_step)
         if "contest" in only:
             run_contest(bins, a.runs)
+        if "benches" in only:
+            run_benches(a.runs)
     render()
 
 
