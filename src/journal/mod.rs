@@ -31,6 +31,13 @@ pub trait Record: Send + 'static {
     /// True when nothing before this record matters any more (a purge): once it is durable
     /// the journal starts a fresh segment and deletes the older files.
     fn is_reset(&self) -> bool;
+    /// False for a record whose loss in a power failure is harmless because recovery can
+    /// rebuild its effect (a processor's confirmation, which the processor still holds). Such
+    /// a record is written at once but does not make the writer sync; it becomes durable with
+    /// the next sync that something else needs.
+    fn needs_sync(&self) -> bool {
+        true
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -90,7 +97,7 @@ impl<E: Record, C: Completion> Journal<E, C> {
         let (tx, rx) = mpsc::channel();
         let failures = Arc::<AtomicU64>::default();
         let writer =
-            Writer { opts, seq: next_seq, segment, len: 0, failed: false, failures: failures.clone(), buf: Vec::with_capacity(64 * 1024) };
+            Writer { opts, seq: next_seq, segment, len: 0, failed: false, unsynced: false, failures: failures.clone(), buf: Vec::with_capacity(64 * 1024) };
         std::thread::Builder::new().name("journal-writer".into()).spawn(move || writer.run(rx))?;
         Ok(Journal { backend: Backend::File(tx), failures })
     }
@@ -137,6 +144,8 @@ struct Writer {
     len: u64,
     /// A write failed and the segment may hold a partial batch past `len`.
     failed: bool,
+    /// Bytes were written since the last sync (lazy records).
+    unsynced: bool,
     failures: Arc<AtomicU64>,
     buf: Vec<u8>,
 }
@@ -146,6 +155,7 @@ impl Writer {
         let mut waiters: Vec<C> = Vec::with_capacity(1024);
         let mut msgs = Vec::with_capacity(1024);
         let mut reset = false;
+        let mut needs_sync = false;
         while let Ok(first) = rx.recv() {
             msgs.push(first);
             while msgs.len() < MAX_BATCH {
@@ -157,31 +167,34 @@ impl Writer {
             for msg in msgs.drain(..) {
                 match msg {
                     Msg::Append(event, done) => {
-                        if let Some(e) = event {
-                            reset |= e.is_reset();
-                            frame::append(|out| e.encode(out), &mut self.buf);
+                        match event {
+                            Some(e) => {
+                                reset |= e.is_reset();
+                                needs_sync |= e.needs_sync();
+                                frame::append(|out| e.encode(out), &mut self.buf);
+                            }
+                            // A barrier waits for everything before it, lazy records included.
+                            None => needs_sync = true,
                         }
                         waiters.push(done);
                     }
                     Msg::Repair(reply) => {
-                        self.commit(&mut waiters, std::mem::take(&mut reset));
+                        self.commit(&mut waiters, std::mem::take(&mut reset), std::mem::take(&mut needs_sync));
                         let _ = reply.send(self.repair());
                     }
                 }
             }
-            self.commit(&mut waiters, std::mem::take(&mut reset));
+            self.commit(&mut waiters, std::mem::take(&mut reset), std::mem::take(&mut needs_sync));
         }
     }
 
     /// One group commit: a single write and a single sync for everything buffered, then
     /// every waiter learns the result.
-    fn commit<C: Completion>(&mut self, waiters: &mut Vec<C>, reset: bool) {
+    fn commit<C: Completion>(&mut self, waiters: &mut Vec<C>, reset: bool, needs_sync: bool) {
         let result = if self.failed {
             Err(JournalError::Io("journal is failed; waiting for repair".into()))
-        } else if self.buf.is_empty() {
-            Ok(())
         } else {
-            self.write_buffer()
+            self.write_buffer(needs_sync || reset)
         };
         self.buf.clear();
         if let Err(e) = &result
@@ -199,11 +212,16 @@ impl Writer {
         }
     }
 
-    fn write_buffer(&mut self) -> Result<(), JournalError> {
+    /// Writes the buffer; syncs when asked to and something written is not yet synced.
+    fn write_buffer(&mut self, sync: bool) -> Result<(), JournalError> {
         let io = |e: std::io::Error| JournalError::Io(e.to_string());
-        self.segment.write_all(&self.buf).map_err(io)?;
-        if self.opts.fsync {
+        if !self.buf.is_empty() {
+            self.segment.write_all(&self.buf).map_err(io)?;
+            self.unsynced = true;
+        }
+        if sync && self.unsynced && self.opts.fsync {
             self.segment.sync_data().map_err(io)?;
+            self.unsynced = false;
         }
         self.len += self.buf.len() as u64;
         Ok(())
@@ -222,6 +240,15 @@ impl Writer {
     /// Starts the next segment. After a reset, the older files are deleted: the reset record
     /// is durable, so they no longer matter.
     fn rotate(&mut self, reset: bool) {
+        // Lazy records must not be lost from a closed segment while a later one survives:
+        // recovery would see a torn record in the middle of the journal.
+        if self.unsynced && self.opts.fsync {
+            if let Err(e) = self.segment.sync_data() {
+                tracing::warn!(error = %e, "cannot sync the segment before closing it; keeping it open");
+                return;
+            }
+            self.unsynced = false;
+        }
         let next = self.seq + 1;
         let created = SegmentFile::create(segment_path(&self.opts.dir, next), self.opts.faults.clone())
             .and_then(|s| sync_dir(&self.opts.dir).map(|()| s));
@@ -236,6 +263,7 @@ impl Writer {
         self.segment = segment;
         self.seq = next;
         self.len = 0;
+        self.unsynced = false;
         if reset {
             let _guard = self.opts.dir_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Ok(listing) = file::list(&self.opts.dir) {

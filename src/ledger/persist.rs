@@ -22,6 +22,13 @@ impl Record for Event {
     fn is_reset(&self) -> bool {
         matches!(self, Event::Purged)
     }
+
+    /// A processor's answer need not be synced on its own: if it is lost, the payment is
+    /// still `Sent` after recovery and is resolved again on the same processor, which still
+    /// holds the record (or, for a rejection, sends it again — the processor never recorded it).
+    fn needs_sync(&self) -> bool {
+        !matches!(self, Event::Processed { .. } | Event::Rejected { .. })
+    }
 }
 
 /// Recovery could not rebuild the state: the data directory needs a human.

@@ -97,13 +97,21 @@ impl Router {
     /// Feeds the outcome of a real request to the processor's breaker.
     pub fn report(&self, idx: ProcessorIdx, outcome: Outcome) {
         let mut b = self.upstream(idx).breaker.lock().expect("breaker lock");
+        let was_closed = b.is_closed();
         let changed = match outcome {
             Outcome::Recorded | Outcome::Duplicate => b.success(),
             Outcome::NotRecorded | Outcome::Unknown => b.failure(Instant::now()),
         };
+        let closed = b.is_closed();
         drop(b);
         if changed {
-            tracing::info!(processor = %self.upstream(idx).name, ?outcome, "processor breaker changed");
+            // Opening and closing matter to operators; each failed probe in between does not.
+            if was_closed != closed {
+                let state = if closed { "closed: sending again" } else { "open: payments wait or go elsewhere" };
+                tracing::info!(processor = %self.upstream(idx).name, ?outcome, "processor breaker {state}");
+            } else {
+                tracing::debug!(processor = %self.upstream(idx).name, ?outcome, "probe failed; breaker stays open");
+            }
             self.changed.notify_waiters();
         }
     }
