@@ -17,8 +17,7 @@ use hyper_util::rt::TokioIo;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const EMPTY_SUMMARY: &[u8] =
-    br#"{"default":{"totalRequests":0,"totalAmount":0.00},"fallback":{"totalRequests":0,"totalAmount":0.00}}"#;
+const EMPTY_SUMMARY: &[u8] = br#"{"default":{"totalRequests":0,"totalAmount":0.00},"fallback":{"totalRequests":0,"totalAmount":0.00}}"#;
 
 async fn handle(req: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let (status, body): (StatusCode, &'static [u8]) = match (req.method(), req.uri().path()) {

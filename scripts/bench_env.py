@@ -13,14 +13,21 @@ ROOT = Path(__file__).resolve().parent.parent
 NATIVE = "-C target-cpu=native"
 
 
-def build(name, env=None, cargo_args=(), rustflags=NATIVE, target="paygate", example=False):
-    """Builds the paygate binary (or an example) as a named variant; returns its path."""
+def build(name, env=None, cargo_args=(), rustflags=NATIVE, target="paygate", example=False, ref=None):
+    """Builds the paygate binary (or an example) as a named variant; returns its path.
+    With `ref`, builds that git commit (checked out in a worktree) instead of the work tree."""
     target_dir = ROOT / "target" / "variants" / name
+    src = ROOT
+    if ref:
+        src = ROOT / "target" / "worktrees" / name
+        if not src.exists():
+            subprocess.run(["git", "worktree", "add", "--detach", "--force", str(src), ref], cwd=ROOT, check=True, capture_output=True)
+        subprocess.run(["git", "checkout", "--detach", "--quiet", ref], cwd=src, check=True)
     full_env = dict(os.environ, RUSTFLAGS=rustflags, **(env or {}))
     kind = ["--example", target] if example else ["--bin", target]
     cmd = ["cargo", "build", "--release", "--quiet", *kind, "--target-dir", str(target_dir), *cargo_args]
     print(f"[build] {name}: {' '.join(cmd[2:])} {env or ''} RUSTFLAGS={rustflags}", flush=True)
-    subprocess.run(cmd, cwd=ROOT, env=full_env, check=True)
+    subprocess.run(cmd, cwd=src, env=full_env, check=True)
     return target_dir / "release" / ("examples" if example else "") / target
 
 

@@ -35,6 +35,8 @@ VARIANTS = {
     "generic-cpu": {"rustflags": "-C target-cpu=x86-64"},
     "system-alloc": {"cargo_args": ["--no-default-features", "--features", "fxhash"]},
     "siphash": {"cargo_args": ["--no-default-features", "--features", "mimalloc"]},
+    # Code changes, measured against the commit just before them.
+    "before-lazy-sync": {"ref": "08d17f8"},
 }
 
 # strategy -> (title, (variant A, gateway args A), (variant B, gateway args B))
@@ -47,6 +49,7 @@ STRATEGIES = {
     "hash": ("FxHash vs SipHash for the ledger's maps", ("release", []), ("siphash", [])),
     "fsync": ("--fsync on vs off", ("release", ["--fsync", "on"]), ("release", ["--fsync", "off"])),
     "workers": ("tokio worker threads: 2 vs 1", ("release", ["--worker-threads", "2"]), ("release", ["--worker-threads", "1"])),
+    "lazy-sync": ("processors' answers as lazy (unsynced) records vs synced", ("release", []), ("before-lazy-sync", [])),
 }
 
 

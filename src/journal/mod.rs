@@ -96,8 +96,16 @@ impl<E: Record, C: Completion> Journal<E, C> {
         sync_dir(&opts.dir)?;
         let (tx, rx) = mpsc::channel();
         let failures = Arc::<AtomicU64>::default();
-        let writer =
-            Writer { opts, seq: next_seq, segment, len: 0, failed: false, unsynced: false, failures: failures.clone(), buf: Vec::with_capacity(64 * 1024) };
+        let writer = Writer {
+            opts,
+            seq: next_seq,
+            segment,
+            len: 0,
+            failed: false,
+            unsynced: false,
+            failures: failures.clone(),
+            buf: Vec::with_capacity(64 * 1024),
+        };
         std::thread::Builder::new().name("journal-writer".into()).spawn(move || writer.run(rx))?;
         Ok(Journal { backend: Backend::File(tx), failures })
     }
