@@ -37,6 +37,7 @@ VARIANTS = {
     "siphash": {"cargo_args": ["--no-default-features", "--features", "mimalloc"]},
     # Code changes, measured against the commit just before them.
     "before-lazy-sync": {"ref": "08d17f8"},
+    "before-intent-at-accept": {"ref": "e1399a4"},
 }
 
 # strategy -> (title, (variant A, gateway args A), (variant B, gateway args B))
@@ -50,6 +51,7 @@ STRATEGIES = {
     "fsync": ("--fsync on vs off", ("release", ["--fsync", "on"]), ("release", ["--fsync", "off"])),
     "workers": ("tokio worker threads: 2 vs 1", ("release", ["--worker-threads", "2"]), ("release", ["--worker-threads", "1"])),
     "lazy-sync": ("processors' answers as lazy (unsynced) records vs synced", ("release", []), ("before-lazy-sync", [])),
+    "intent-at-accept": ("intent journaled with the acceptance vs by dispatch", ("release", []), ("before-intent-at-accept", [])),
 }
 
 
