@@ -33,7 +33,7 @@ pub async fn run(config: GatewayConfig, listener: TcpListener, shutdown: impl Fu
     let (dispatch_tx, dispatch_rx) = mpsc::unbounded_channel();
     let (journal, state, restore) = open_journal(&config).await?;
     let limits = LedgerLimits { pending_max: config.pending_max };
-    let (ledger, ledger_task) = Ledger::spawn(state, journal, dispatch_tx, limits, restore, router.clone());
+    let (ledger, ledger_task) = Ledger::spawn(state, journal, dispatch_tx, limits, restore);
     let workers = dispatch::spawn(config.dispatch_workers, dispatch_rx, router.clone(), ledger.clone());
     let monitors = processor::health::spawn(router.clone(), config.health_interval);
     let api = Arc::new(Api {

@@ -9,7 +9,7 @@ use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::domain::UtcMillis;
-use crate::ledger::{IntentError, LedgerHandle, Settled, Stage, Work};
+use crate::ledger::{IntentError, LedgerHandle, Settled, Work};
 use crate::processor::client::Lookup;
 use crate::processor::router::Router;
 use crate::processor::{Outcome, ProcessorIdx};
@@ -46,37 +46,32 @@ fn backoff(attempt: u32) -> Duration {
 async fn deliver(mut work: Work, router: &Router, ledger: &LedgerHandle) {
     let mut attempt = 0u32;
     loop {
-        let (processor, requested_at) = match work.stage {
-            Stage::Resolve(processor, requested_at) => {
-                if !ledger.is_current(work).await {
-                    return;
-                }
-                if resolve(work, processor, requested_at, router, ledger).await {
-                    return;
-                }
+        if let Some((processor, requested_at)) = work.pinned {
+            if !ledger.is_current(work).await {
+                return;
+            }
+            if resolve(work, processor, requested_at, router, ledger).await {
+                return;
+            }
+            attempt += 1;
+            tokio::time::sleep(backoff(attempt)).await;
+            continue;
+        }
+        let processor = router.wait_route(work.accepted_at).await;
+        let requested_at = UtcMillis::now();
+        match ledger.intent(work, processor, requested_at).await {
+            Ok(()) => {}
+            Err(IntentError::Stale) => {
+                router.abandon(processor);
+                return;
+            }
+            Err(IntentError::Unavailable) => {
+                router.abandon(processor);
                 attempt += 1;
                 tokio::time::sleep(backoff(attempt)).await;
                 continue;
             }
-            Stage::Send(processor, requested_at) => (processor, requested_at),
-            Stage::Route => {
-                let processor = router.wait_route(work.accepted_at).await;
-                let requested_at = UtcMillis::now();
-                match ledger.intent(work, processor, requested_at).await {
-                    Ok(()) => (processor, requested_at),
-                    Err(IntentError::Stale) => {
-                        router.abandon(processor);
-                        return;
-                    }
-                    Err(IntentError::Unavailable) => {
-                        router.abandon(processor);
-                        attempt += 1;
-                        tokio::time::sleep(backoff(attempt)).await;
-                        continue;
-                    }
-                }
-            }
-        };
+        }
         let outcome = router.upstream(processor).client.pay(work.id, work.cents, requested_at).await;
         router.report(processor, outcome);
         match outcome {
@@ -96,13 +91,12 @@ async fn deliver(mut work: Work, router: &Router, ledger: &LedgerHandle) {
             }
             Outcome::NotRecorded => {
                 ledger.settle(work, processor, Settled::Rejected).await;
-                work.stage = Stage::Route;
                 attempt += 1;
                 tokio::time::sleep(backoff(attempt)).await;
             }
             Outcome::Unknown => {
                 tracing::debug!(id = %work.id, processor = %router.upstream(processor).name, "outcome unknown; resolving on the same processor");
-                work.stage = Stage::Resolve(processor, requested_at);
+                work.pinned = Some((processor, requested_at));
                 attempt += 1;
                 tokio::time::sleep(backoff(attempt)).await;
             }

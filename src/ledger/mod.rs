@@ -20,7 +20,6 @@ pub use summary::Totals;
 use crate::domain::{Cents, CorrelationId, UtcMillis};
 use crate::journal::{Completion, Journal, JournalError};
 use crate::processor::ProcessorIdx;
-use crate::processor::router::Router;
 
 /// Commands waiting for the ledger task; senders wait when it is full.
 pub const COMMAND_QUEUE_LEN: usize = 16_384;
@@ -33,20 +32,9 @@ pub struct Work {
     pub accepted_at: UtcMillis,
     /// The purge generation it belongs to; a purge makes older work stale.
     pub generation: u64,
-    pub stage: Stage,
-}
-
-/// What dispatch does next with a payment.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stage {
-    /// Ask the router for a processor, journal the intent, send.
-    Route,
-    /// The intent for this processor and `requestedAt` is durable and nothing was sent yet
-    /// (routed at acceptance): send it.
-    Send(ProcessorIdx, UtcMillis),
     /// Sent to this processor with this `requestedAt`, outcome unknown: it must be resolved
     /// there before it may go anywhere else (SPEC §3.3).
-    Resolve(ProcessorIdx, UtcMillis),
+    pub pinned: Option<(ProcessorIdx, UtcMillis)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -194,7 +182,6 @@ pub struct Ledger {
     limits: LedgerLimits,
     restore: Restore,
     healthy: Arc<AtomicBool>,
-    router: Arc<Router>,
     /// The journal's failure count when the state last matched the disk.
     seen_failures: u64,
 }
@@ -208,12 +195,11 @@ impl Ledger {
         dispatch: mpsc::UnboundedSender<Work>,
         limits: LedgerLimits,
         restore: Restore,
-        router: Arc<Router>,
     ) -> (LedgerHandle, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE_LEN);
         let healthy = Arc::new(AtomicBool::new(true));
         let seen_failures = journal.failures();
-        let ledger = Ledger { state, journal, dispatch, generation: 0, limits, restore, healthy: healthy.clone(), router, seen_failures };
+        let ledger = Ledger { state, journal, dispatch, generation: 0, limits, restore, healthy: healthy.clone(), seen_failures };
         ledger.dispatch_unfinished();
         let task = tokio::spawn(ledger.run(rx));
         (LedgerHandle { tx, healthy }, task)
@@ -223,12 +209,12 @@ impl Ledger {
     /// to the processor it was sent to (SPEC §3.3).
     fn dispatch_unfinished(&self) {
         for (id, p) in self.state.payments() {
-            let stage = match p.status {
+            let pinned = match p.status {
                 Status::Processed { .. } => continue,
-                Status::Pending => Stage::Route,
-                Status::Sent { processor, requested_at } => Stage::Resolve(processor, requested_at),
+                Status::Pending => None,
+                Status::Sent { processor, requested_at } => Some((processor, requested_at)),
             };
-            let _ = self.dispatch.send(Work { id, cents: p.cents, accepted_at: p.accepted_at, generation: self.generation, stage });
+            let _ = self.dispatch.send(Work { id, cents: p.cents, accepted_at: p.accepted_at, generation: self.generation, pinned });
         }
     }
 
@@ -314,22 +300,9 @@ impl Ledger {
                 }
                 None => {
                     let accepted_at = UtcMillis::now();
-                    let mut work = Work { id, cents, accepted_at, generation: self.generation, stage: Stage::Route };
-                    let accepted = Event::Accepted { id, cents, accepted_at };
-                    // Routed at once when a processor admits it: the intent then shares the
-                    // acceptance's sync instead of needing one of its own before the send.
-                    match self.router.try_route(accepted_at) {
-                        Some(processor) => {
-                            self.record(accepted, Done::Nothing);
-                            work.stage = Stage::Send(processor, accepted_at);
-                            let done = Done::Accept { reply, work: Some((work, self.dispatch.clone())) };
-                            self.record(Event::Intent { id, processor, requested_at: accepted_at }, done);
-                        }
-                        None => {
-                            let done = Done::Accept { reply, work: Some((work, self.dispatch.clone())) };
-                            self.record(accepted, done);
-                        }
-                    }
+                    let work = Work { id, cents, accepted_at, generation: self.generation, pinned: None };
+                    let done = Done::Accept { reply, work: Some((work, self.dispatch.clone())) };
+                    self.record(Event::Accepted { id, cents, accepted_at }, done);
                 }
             },
             Command::Get { id, reply } => {

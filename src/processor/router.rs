@@ -75,23 +75,6 @@ impl Router {
         Route::Wait(wake)
     }
 
-    /// The processor a payment accepted at `accepted_at` may go to right now without waiting:
-    /// one whose breaker is closed, cheapest first, honouring the deferral. Never takes a
-    /// half-open breaker's probe slot: the payment may sit in the dispatch queue behind
-    /// deferred ones, and a probe slot held there would stall every other payment.
-    pub fn try_route(&self, accepted_at: UtcMillis) -> Option<ProcessorIdx> {
-        let defer_left_ms = accepted_at.0 + self.max_defer.as_millis() as i64 - UtcMillis::now().0;
-        for (idx, u) in self.upstreams.iter().enumerate() {
-            if u.breaker.lock().expect("breaker lock").is_closed() {
-                return Some(idx as ProcessorIdx);
-            }
-            if defer_left_ms > 0 {
-                return None;
-            }
-        }
-        None
-    }
-
     /// Waits until some processor admits a payment accepted at `accepted_at`.
     pub async fn wait_route(&self, accepted_at: UtcMillis) -> ProcessorIdx {
         loop {
