@@ -293,6 +293,43 @@ def render_benches():
     return out
 
 
+def render_isolated():
+    """Runs copied from `scripts/pinned_ab.sh` on a 16-core machine (perf/results/isolated/)."""
+    d = RESULTS / "isolated"
+    if not d.exists():
+        return None
+    runs = {}
+    for f in sorted(d.glob("*.json")):
+        label = f.stem.rsplit("-", 1)[0]
+        if not label.startswith("sweep"):
+            runs.setdefault(label, []).append(json.loads(f.read_text()))
+    names = {"before": "paygate as kept (intent journaled by dispatch)", "new": "routing at acceptance (reverted)", "floor": "bare hyper (floor)"}
+    out = latency_table([(names.get(k, k), v) for k, v in sorted(runs.items())])
+    if "before" in runs and "new" in runs:
+        out += ["", f"Generated verdict, routing at acceptance (B) vs kept (A): p50 **{verdict(lat(runs['before'], 'p50'), lat(runs['new'], 'p50'), 'p50')}**, "
+                    f"p99 **{verdict(lat(runs['before'], 'p99'), lat(runs['new'], 'p99'))}**."]
+    sweeps = []
+    for f in sorted(d.glob("sweep-*.json")):
+        r = json.loads(f.read_text())
+        steps = ", ".join(f"{s['rate']}/s: {fmt(s['latency_ms']['p99'])}" for s in r["sweep"])
+        sweeps.append(f"| {f.stem.replace('sweep-', '')} | 1 | {r['best_rate_within_bound']}/s | {steps} |")
+    if sweeps:
+        out += ["", "| sweep | runs | best rate with p99 ≤ 1 ms | p99 ms per step |", "|---|---|---|---|", *sweeps]
+    return out
+
+
+def render_profile():
+    d = load("profile")
+    if not d:
+        return None
+    out = [f"Load: {d['load']}; summarised {d['recorded_at']} by `scripts/profile_summary.py`.", "",
+           "| thread | share of the gateway's CPU samples |", "|---|---|"]
+    out += [f"| {name} | {pct:.1f} % |" for pct, name in d["threads"]]
+    out += ["", "| hottest symbols (thread, object, symbol) | share |", "|---|---|"]
+    out += [f"| `{name[:110]}` | {pct:.2f} % |" for pct, name in d["top_symbols"][:12]]
+    return out
+
+
 def load(name):
     p = RESULTS / f"{name}.json"
     return json.loads(p.read_text()) if p.exists() else None
@@ -301,7 +338,8 @@ def load(name):
 def render():
     text = PERF_MD.read_text()
     tables = {f"matrix-{n}": (lambda n=n: render_matrix(n)) for n in STRATEGIES}
-    tables.update({"targets-2000": render_targets, "sweep": render_sweep, "contest": render_contest, "benches": render_benches})
+    tables.update({"targets-2000": render_targets, "sweep": render_sweep, "contest": render_contest, "benches": render_benches,
+                   "isolated": render_isolated, "profile": render_profile})
     for name, fn in tables.items():
         start, end = f"<!-- perf-report:{name} -->", f"<!-- /perf-report:{name} -->"
         if start not in text:
