@@ -61,6 +61,22 @@ def loadgen(tool, url, rate, duration, out, extra=()):
     return json.loads(Path(out).read_text())
 
 
+def cpu_times():
+    """The machine's CPU time counters (first line of /proc/stat), in ticks."""
+    with open("/proc/stat") as f:
+        return [int(x) for x in f.readline().split()[1:]]
+
+
+def with_steal(fn):
+    """Runs fn() and adds to its result the share of CPU time the hypervisor stole meanwhile
+    (`steal` in /proc/stat): on a shared VM it is the noise no code change can remove."""
+    before = cpu_times()
+    result = fn()
+    delta = [b - a for a, b in zip(before, cpu_times())]
+    result["steal_pct"] = round(100 * delta[7] / max(1, sum(delta[:8])), 1)
+    return result
+
+
 def one_run(bins, variant, args, rate, duration, tag, sweep=None, server=None):
     """Starts simulators + gateway (or `server` argv), runs loadgen, stops everything."""
     argv = server or gateway_argv(bins[variant], args)
@@ -69,7 +85,7 @@ def one_run(bins, variant, args, rate, duration, tag, sweep=None, server=None):
     try:
         out = stack.dir / f"{tag}.json"
         extra = sweep or ["--warmup", "1"]
-        return loadgen(bins["release"], f"http://{stack.server.addr}", rate, duration, out, extra)
+        return with_steal(lambda: loadgen(bins["release"], f"http://{stack.server.addr}", rate, duration, out, extra))
     finally:
         stack.stop()
 
@@ -123,10 +139,12 @@ def run_targets(bins, runs, duration):
 
 
 def run_sweep(bins, runs, step_s):
-    print("[sweep] highest rate with p99 <= 1 ms, fsync on vs off", flush=True)
+    print("[sweep] highest rate with p99 <= 1 ms: fsync on, off, and the bare hyper floor", flush=True)
     sweep = ["--sweep", "--sweep-start", "1000", "--sweep-step", "1000", "--sweep-max", "12000", "--p99-bound-ms", "1.0", "--warmup", "1"]
-    got = interleaved(runs, ["on", "off"], lambda s: one_run(bins, "release", ["--fsync", s], 1000, step_s, f"sweep-{s}", sweep=sweep))
-    save("sweep", {"step_s": step_s, "commit": commit(), "on": got["on"], "off": got["off"]})
+    bare = [str(bins["bare"]), "127.0.0.1:0"]
+    got = interleaved(runs, ["on", "off", "bare"], lambda s: one_run(
+        bins, "release", ["--fsync", s], 1000, step_s, f"sweep-{s}", sweep=sweep, server=bare if s == "bare" else None))
+    save("sweep", {"step_s": step_s, "commit": commit(), **got})
 
 
 def run_contest(bins, runs):
@@ -141,9 +159,11 @@ def run_contest(bins, runs):
             env = dict(os.environ, GATEWAY_URL=f"http://{stack.server.addr}", DEFAULT_URL=f"http://{stack.default.addr}",
                        FALLBACK_URL=f"http://{stack.fallback.addr}", ADMIN_TOKEN="perf", RESULTS=str(out))
             # The bare server fails the consistency thresholds by design; only its latency counts.
-            subprocess.run(["k6", "run", "--quiet", "loadtest/contest.js"], cwd=ROOT, env=env, check=False,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            return json.loads(out.read_text())
+            def k6():
+                subprocess.run(["k6", "run", "--quiet", "loadtest/contest.js"], cwd=ROOT, env=env, check=False,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                return json.loads(out.read_text())
+            return with_steal(k6)
         finally:
             stack.stop()
 
@@ -203,12 +223,18 @@ def verdict(a, b, what="p99"):
     return f"within noise ({what} ranges overlap)"
 
 
+def steal(runs):
+    """Median and range of the CPU share stolen by the hypervisor during the runs ("–" if not recorded)."""
+    xs = [r["steal_pct"] for r in runs if "steal_pct" in r]
+    return f"{med(xs):.1f} ({min(xs):.1f}–{max(xs):.1f})" if xs else "–"
+
+
 def latency_table(rows):
-    out = ["| side | runs | p50 ms (median) | p99 ms (median) | p99 spread | p99.9 ms (median) | max ms (median) | errors |",
-           "|---|---|---|---|---|---|---|---|"]
+    out = ["| side | runs | p50 ms (median) | p99 ms (median) | p99 spread | p99.9 ms (median) | max ms (median) | errors | CPU stolen % (median, range) |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for label, runs in rows:
         out.append(f"| {label} | {len(runs)} | {fmt(med(lat(runs, 'p50')))} | {fmt(med(lat(runs, 'p99')))} | {spread(lat(runs, 'p99'))} | "
-                   f"{fmt(med(lat(runs, 'p999')))} | {fmt(med(lat(runs, 'max')))} | {errors(runs)} |")
+                   f"{fmt(med(lat(runs, 'p999')))} | {fmt(med(lat(runs, 'max')))} | {errors(runs)} | {steal(runs)} |")
     return out
 
 
@@ -240,11 +266,15 @@ def render_sweep():
     d = load("sweep")
     if not d:
         return None
-    out = ["| fsync | runs | best rate with p99 ≤ 1 ms (median) | spread |", "|---|---|---|---|"]
-    for side in ("on", "off"):
+    out = ["| server | runs | best rate with p99 ≤ 1 ms (median) | spread | CPU stolen % (median, range) |", "|---|---|---|---|---|"]
+    labels = {"on": "paygate --fsync on", "off": "paygate --fsync off", "bare": "bare hyper (floor)"}
+    for side in ("on", "off", "bare"):
+        if side not in d:
+            continue
         best = [r.get("best_rate_within_bound") or 0 for r in d[side]]
-        out.append(f"| {side} | {len(best)} | {med(best):.0f}/s | {min(best)}–{max(best)}/s |")
-    out += ["", f"Steps of {d['step_s']} s, +1000/s per step; commit `{d['commit']}`, {d['recorded_at']}."]
+        out.append(f"| {labels[side]} | {len(best)} | {med(best):.0f}/s | {min(best)}–{max(best)}/s | {steal(d[side])} |")
+    out += ["", f"Steps of {d['step_s']} s from 1000/s, +1000/s per step; 0 means even 1000/s exceeded the bound; "
+                f"commit `{d['commit']}`, {d['recorded_at']}."]
     return out
 
 
@@ -252,7 +282,8 @@ def render_contest():
     d = load("contest")
     if not d:
         return None
-    out = ["| server | runs | p99 ms (median) | p99 spread | inconsistencies (max) | lag (max) | fallback payments (max) |", "|---|---|---|---|---|---|---|"]
+    out = ["| server | runs | p99 ms (median) | p99 spread | inconsistencies (max) | lag (max) | fallback payments (max) | CPU stolen % (median, range) |",
+           "|---|---|---|---|---|---|---|---|"]
     for label, key in (("paygate", "paygate"), ("bare hyper (floor)", "bare")):
         runs = d[key]
         p99 = [r["p99_ms"] for r in runs]
@@ -260,7 +291,7 @@ def render_contest():
             tail = "n/a (does no work) | n/a | n/a"
         else:
             tail = f"{max(r['inconsistencies'] for r in runs)} | {max(r['lag'] for r in runs)} | {max(r['payments']['fallback'] for r in runs)}"
-        out.append(f"| {label} | {len(runs)} | {fmt(med(p99))} | {spread(p99)} | {tail} |")
+        out.append(f"| {label} | {len(runs)} | {fmt(med(p99))} | {spread(p99)} | {tail} | {steal(runs)} |")
     pg, floor = med([r["p99_ms"] for r in d["paygate"]]), med([r["p99_ms"] for r in d["bare"]])
     out += ["", f"paygate's p99 is {100 * (pg / floor - 1):+.0f} % of the floor's (target: within +10 %); commit `{d['commit']}`, {d['recorded_at']}."]
     return out
@@ -371,7 +402,7 @@ def main():
         if "matrix" in only:
             needed |= {STRATEGIES[s][1][0] for s in strategies} | {STRATEGIES[s][2][0] for s in strategies}
         bins = {v: build(v, **VARIANTS[v]) for v in sorted(needed)}
-        if only & {"targets", "contest"}:
+        if only & {"targets", "sweep", "contest"}:
             bins["bare"] = build("release", target="bare_hyper", example=True)
         if "matrix" in only:
             run_matrix(bins, strategies, a.runs, a.rate, a.duration)
