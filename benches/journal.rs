@@ -3,8 +3,9 @@
 //! - `journal_append` (criterion): one thread submits a batch of 1,000 events and waits for
 //!   all of them to be durable; throughput in events/s, fsync on (and off, for comparison).
 //! - `journal_latency` (plain code after criterion): several threads each submit one event and
-//!   wait for it, in a loop, for a few seconds; prints one line per fsync mode,
-//!   `journal-latency: {"fsync":..,"records_per_s":..,"p50_us":..,"p99_us":..,"p999_us":..,"max_us":..}`,
+//!   wait for it, in a loop, for a few seconds; prints one line per mode (fsync on/off,
+//!   segments preallocated or appended),
+//!   `journal-latency: {"fsync":..,"prealloc":..,"records_per_s":..,"p50_us":..,"p99_us":..,"p999_us":..,"max_us":..}`,
 //!   where latency is submit → durable (the instant the writer completes the event, after its
 //!   `fdatasync`), from an HdrHistogram.
 //!
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use hdrhistogram::Histogram;
 use paygate::domain::{Cents, CorrelationId, UtcMillis};
-use paygate::journal::{Completion, FileOptions, Journal, JournalError, SEGMENT_MAX_BYTES};
+use paygate::journal::{Completion, FileOptions, Journal, JournalError, PREALLOC_BYTES, SEGMENT_MAX_BYTES};
 use paygate::ledger::Event;
 
 #[cfg(feature = "mimalloc")]
@@ -71,11 +72,12 @@ impl Completion for Durable {
     }
 }
 
-fn open(dir: &Path, fsync: bool) -> Journal<Event, Durable> {
+fn open(dir: &Path, fsync: bool, prealloc: bool) -> Journal<Event, Durable> {
     let opts = FileOptions {
         dir: dir.to_path_buf(),
         fsync,
         segment_max_bytes: SEGMENT_MAX_BYTES,
+        prealloc_bytes: if prealloc { PREALLOC_BYTES } else { 0 },
         faults: None,
         rotated: None,
         dir_lock: Arc::default(),
@@ -103,7 +105,7 @@ fn journal_append(c: &mut Criterion) {
     }
     for fsync in [true, false] {
         let dir = TempDir::new(&format!("journal-append-{}", mode(fsync)));
-        let mut journal = open(dir.path(), fsync);
+        let mut journal = open(dir.path(), fsync, true);
         let (tx, rx) = mpsc::channel();
         let mut rng = fastrand::Rng::with_seed(1);
         g.bench_function(BenchmarkId::new(mode(fsync), format!("batch_{BATCH}")), |b| {
@@ -131,10 +133,10 @@ struct LatencyReport {
     hist: Histogram<u64>,
 }
 
-fn measure_latency(fsync: bool, run_for: Duration) -> LatencyReport {
-    let dir = TempDir::new(&format!("journal-latency-{}", mode(fsync)));
+fn measure_latency(fsync: bool, prealloc: bool, run_for: Duration) -> LatencyReport {
+    let dir = TempDir::new(&format!("journal-latency-{}-{prealloc}", mode(fsync)));
     // One journal, as in the gateway (the ledger task owns it); submitters take turns at it.
-    let journal = Arc::new(Mutex::new(open(dir.path(), fsync)));
+    let journal = Arc::new(Mutex::new(open(dir.path(), fsync, prealloc)));
     let started = Instant::now();
     let deadline = started + run_for;
     let threads: Vec<_> = (0..SUBMITTERS)
@@ -168,12 +170,15 @@ fn us(ns: u64) -> f64 {
     (ns as f64 / 1_000.0 * 10.0).round() / 10.0
 }
 
+/// (fsync, preallocated segments): the gateway's default first, then one factor changed.
+const LATENCY_MODES: [(bool, bool); 3] = [(true, true), (true, false), (false, true)];
+
 fn journal_latency(run_for: Duration) {
-    for fsync in [true, false] {
-        let r = measure_latency(fsync, run_for);
+    for (fsync, prealloc) in LATENCY_MODES {
+        let r = measure_latency(fsync, prealloc, run_for);
         let h = &r.hist;
         let line = format!(
-            r#"{{"fsync":{fsync},"submitters":{SUBMITTERS},"seconds":{:.2},"records":{},"records_per_s":{:.0},"p50_us":{},"p99_us":{},"p999_us":{},"max_us":{}}}"#,
+            r#"{{"fsync":{fsync},"prealloc":{prealloc},"submitters":{SUBMITTERS},"seconds":{:.2},"records":{},"records_per_s":{:.0},"p50_us":{},"p99_us":{},"p999_us":{},"max_us":{}}}"#,
             r.seconds,
             r.records,
             r.records as f64 / r.seconds,

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, SamplingMode, criterion_group, criterion_main};
 use paygate::domain::{Cents, CorrelationId, UtcMillis};
-use paygate::journal::{FileOptions, Journal, SEGMENT_MAX_BYTES};
+use paygate::journal::{FileOptions, Journal, PREALLOC_BYTES, SEGMENT_MAX_BYTES};
 use paygate::ledger::persist::{self, Wait};
 use paygate::ledger::{Event, State};
 
@@ -81,6 +81,7 @@ fn write_segment(dir: &Path, seq: u64, rng: &mut fastrand::Rng, from: u64, to: u
         dir: dir.to_path_buf(),
         fsync: false,
         segment_max_bytes: SEGMENT_MAX_BYTES,
+        prealloc_bytes: PREALLOC_BYTES,
         faults: None,
         rotated: None,
         dir_lock: Arc::default(),

@@ -46,6 +46,10 @@ pub struct ServeArgs {
     /// paygate but not of the machine.
     #[arg(long, env = "PAYGATE_FSYNC", default_value = "on", value_parser = ["on", "off"])]
     pub fsync: String,
+    /// How far ahead of the records journal segments are zero-filled, KiB; a sync of an
+    /// overwrite skips the inode update an append needs. 0 appends instead.
+    #[arg(long, env = "PAYGATE_JOURNAL_PREALLOC_KIB", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(0..=1024 * 1024))]
+    pub journal_prealloc_kib: u64,
     /// Enables admin endpoints; callers send `X-Admin-Token`.
     #[arg(long, env = "PAYGATE_ADMIN_TOKEN")]
     pub admin_token: Option<String>,
@@ -81,6 +85,8 @@ pub struct GatewayConfig {
     pub fsync: bool,
     /// Journal segment size; a closed segment is folded into a snapshot.
     pub segment_max_bytes: u64,
+    /// How far ahead of the records segments are zero-filled; 0 appends.
+    pub prealloc_bytes: u64,
     /// Injected journal disk faults (tests only; `None` in the binary).
     pub faults: Option<std::sync::Arc<crate::journal::FaultSwitch>>,
     pub admin_token: Option<String>,
@@ -150,6 +156,7 @@ impl TryFrom<ServeArgs> for GatewayConfig {
             data_dir: a.data_dir,
             fsync: a.fsync == "on",
             segment_max_bytes: crate::journal::SEGMENT_MAX_BYTES,
+            prealloc_bytes: a.journal_prealloc_kib * 1024,
             faults: None,
             admin_token: a.admin_token.filter(|t| !t.is_empty()),
             max_defer: Duration::from_millis(a.max_defer_ms),

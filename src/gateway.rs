@@ -86,6 +86,7 @@ async fn open_journal(config: &GatewayConfig) -> Result<(Journal<Event, Done>, S
         dir: dir.clone(),
         fsync: config.fsync,
         segment_max_bytes: config.segment_max_bytes,
+        prealloc_bytes: config.prealloc_bytes,
         faults: config.faults.clone(),
         rotated: Some(rotated),
         dir_lock: dir_lock.clone(),

@@ -46,7 +46,15 @@ fn model(events: &[Event]) -> State {
 }
 
 fn options(dir: &Path, segment_max_bytes: u64, faults: Option<Arc<FaultSwitch>>) -> FileOptions {
-    FileOptions { dir: dir.to_path_buf(), fsync: true, segment_max_bytes, faults, rotated: None, dir_lock: Arc::new(Mutex::new(())) }
+    FileOptions {
+        dir: dir.to_path_buf(),
+        fsync: true,
+        segment_max_bytes,
+        prealloc_bytes: paygate::journal::PREALLOC_BYTES,
+        faults,
+        rotated: None,
+        dir_lock: Arc::new(Mutex::new(())),
+    }
 }
 
 /// Writes `events` through the real journal writer, waiting for each group to be durable.
@@ -67,6 +75,18 @@ fn only_segment(dir: &Path) -> std::path::PathBuf {
     l.segments[0].1.clone()
 }
 
+/// Bytes the framed records of `events` take in a segment.
+fn framed_len(events: &[Event]) -> usize {
+    events
+        .iter()
+        .map(|e| {
+            let mut payload = Vec::new();
+            paygate::ledger::codec::encode(e, &mut payload);
+            paygate::journal::frame::HEADER_BYTES + payload.len()
+        })
+        .sum()
+}
+
 #[test]
 fn truncation_anywhere_inside_the_last_record_keeps_exactly_the_records_before_it() {
     let evs = events(12);
@@ -74,19 +94,34 @@ fn truncation_anywhere_inside_the_last_record_keeps_exactly_the_records_before_i
     write_journal(options(&dir, u64::MAX, None), 0, &evs);
     let segment = only_segment(&dir);
     let full = std::fs::read(&segment).unwrap();
-    let mut last_len = Vec::new();
-    paygate::ledger::codec::encode(evs.last().unwrap(), &mut last_len);
-    let last_start = full.len() - (paygate::journal::frame::HEADER_BYTES + last_len.len());
-    let before = model(&evs[..evs.len() - 1]);
-    for cut in last_start..full.len() {
-        std::fs::write(&segment, &full[..cut]).unwrap();
-        let r = persist::recover(&dir, 2).unwrap();
-        assert!(r.state == before, "cut at {cut}");
-        assert_eq!(std::fs::metadata(&segment).unwrap().len(), last_start as u64, "torn tail is cut from the file");
-        // Recovery started a fresh segment name; drop it so the next cut sees one segment.
-        assert_eq!(r.next_seq, 1);
+    let data_end = framed_len(&evs);
+    assert!(full.len() > data_end, "the writer preallocates zeros after the records");
+    assert!(full[data_end..].iter().all(|&b| b == 0));
+    let last_start = framed_len(&evs[..evs.len() - 1]);
+    let (before, all) = (model(&evs[..evs.len() - 1]), model(&evs));
+    // An interrupted write leaves a prefix of the last record, followed by nothing (an
+    // appended segment) or by the preallocated zeros.
+    for padded in [false, true] {
+        for cut in last_start..data_end {
+            let mut bytes = full[..cut].to_vec();
+            if padded {
+                bytes.resize(full.len(), 0);
+            }
+            std::fs::write(&segment, &bytes).unwrap();
+            let r = persist::recover(&dir, 2).unwrap();
+            // A record whose missing end was all zeros reads back whole from the padding.
+            let whole = padded && full[cut..data_end].iter().all(|&b| b == 0);
+            assert!(r.state == if whole { all.clone() } else { before.clone() }, "cut at {cut}, padded {padded}");
+            // A torn record is cut from the file; zeros after complete records are padding and stay.
+            let want = if padded && (cut == last_start || whole) { full.len() } else { last_start };
+            assert_eq!(std::fs::metadata(&segment).unwrap().len(), want as u64, "cut at {cut}, padded {padded}");
+            // Recovery names a fresh segment but creates none; the next cut sees one segment.
+            assert_eq!(r.next_seq, 1);
+        }
     }
     std::fs::write(&segment, &full).unwrap();
+    assert!(persist::recover(&dir, 2).unwrap().state == model(&evs));
+    std::fs::write(&segment, &full[..data_end]).unwrap();
     assert!(persist::recover(&dir, 2).unwrap().state == model(&evs));
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -2,7 +2,8 @@
 //! made to fail on purpose (every journal test runs against both), and directory fsync.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,30 +25,59 @@ impl FaultSwitch {
     }
 }
 
-/// One open segment, appended to by the writer thread only.
+/// One open segment, written by the writer thread only.
+///
+/// The segment is zero-filled ahead of the records ([`SegmentFile::preallocate`]), so that a
+/// group commit overwrites blocks that already exist: `fdatasync` then writes the data block
+/// and nothing else, where an append must also write the inode for the new file size.
+/// Recovery reads the zeros after the last record as padding (see [`super::frame::scan`]).
 pub struct SegmentFile {
     file: File,
     pub path: PathBuf,
     faults: Option<Arc<FaultSwitch>>,
+    /// Bytes of the file that exist (records or zeros); writes below it change no metadata.
+    allocated: u64,
 }
+
+/// Zeros written at a time while preallocating.
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 
 impl SegmentFile {
     pub fn create(path: PathBuf, faults: Option<Arc<FaultSwitch>>) -> io::Result<SegmentFile> {
-        let file = OpenOptions::new().create_new(true).append(true).open(&path)?;
-        Ok(SegmentFile { file, path, faults })
+        let file = OpenOptions::new().create_new(true).write(true).open(&path)?;
+        Ok(SegmentFile { file, path, faults, allocated: 0 })
     }
 
     fn check(&self) -> io::Result<()> {
         self.faults.as_ref().map_or(Ok(()), |f| f.check())
     }
 
-    /// Appends `buf`. An injected fault writes half of it first, as a full disk would.
-    pub fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+    /// Writes `buf` at `offset`. An injected fault writes half of it first, as a full disk would.
+    pub fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
         if let Err(e) = self.check() {
-            let _ = self.file.write_all(&buf[..buf.len() / 2]);
+            let _ = self.file.write_all_at(&buf[..buf.len() / 2], offset);
             return Err(e);
         }
-        self.file.write_all(buf)
+        self.file.write_all_at(buf, offset)?;
+        self.allocated = self.allocated.max(offset + buf.len() as u64);
+        Ok(())
+    }
+
+    /// Bytes of the file that already exist.
+    pub fn allocated(&self) -> u64 {
+        self.allocated
+    }
+
+    /// Fills the file with zeros up to `len` bytes (and syncs that, with `sync`), so later
+    /// writes below `len` are overwrites.
+    pub fn preallocate(&mut self, len: u64, sync: bool) -> io::Result<()> {
+        self.check()?;
+        while self.allocated < len {
+            let n = (len - self.allocated).min(ZEROS.len() as u64) as usize;
+            self.file.write_all_at(&ZEROS[..n], self.allocated)?;
+            self.allocated += n as u64;
+        }
+        if sync { self.file.sync_data() } else { Ok(()) }
     }
 
     pub fn sync_data(&mut self) -> io::Result<()> {
@@ -59,6 +89,7 @@ impl SegmentFile {
     pub fn truncate(&mut self, len: u64) -> io::Result<()> {
         self.check()?;
         self.file.set_len(len)?;
+        self.allocated = len;
         self.file.sync_all()
     }
 }

@@ -4,8 +4,9 @@
 //!
 //! Why the length is stored twice, inverted: with a plain `u32` length, a flipped bit that
 //! makes the length point past the end of the file is indistinguishable from a torn write,
-//! and recovery would silently drop every record after it. A torn write truncates, it never
-//! changes bytes, so a complete header whose two copies disagree is always damage.
+//! and recovery would silently drop every record after it. A torn write leaves a prefix of
+//! what it wrote and zeros (the segment's preallocated space) after it, never other data, so
+//! a header whose two copies disagree with data after it is always damage.
 
 /// Bytes before each payload.
 pub const HEADER_BYTES: usize = 8;
@@ -30,41 +31,49 @@ pub fn append(payload_writer: impl FnOnce(&mut Vec<u8>), out: &mut Vec<u8>) {
 pub enum Scan {
     /// Every byte belongs to a complete, valid record.
     Clean,
+    /// The records end at `offset` and only zeros follow: the writer's preallocated space.
+    Padded { offset: usize },
     /// The bytes from `offset` on are an incomplete last record: an interrupted write.
     TornTail { offset: usize, reason: &'static str },
     /// The record at `offset` is damaged and more data follows it.
     Corrupt { offset: usize, reason: &'static str },
 }
 
+fn zeros(bytes: &[u8]) -> bool {
+    bytes.iter().all(|&b| b == 0)
+}
+
 /// Calls `each(offset, payload)` for every complete record in order and says how the bytes
-/// ended. A record that fails its checks is a torn tail when it is the last thing in the
-/// bytes (or the rest is all zeros, as a preallocated tail reads after a crash); otherwise it
-/// is corruption.
+/// ended.
+///
+/// A record that fails its checks is a torn tail when nothing but zeros follows the part of
+/// it that an interrupted write could have left: an interrupted write keeps a prefix of what
+/// it wrote, and the segment is zero-filled ahead of the writer. So a bad header is torn only
+/// when everything after the header is zero, and a bad payload only when everything after the
+/// payload is; a damaged record with data after it is corruption.
 pub fn scan<E>(bytes: &[u8], mut each: impl FnMut(usize, &[u8]) -> Result<(), E>) -> Result<Scan, E> {
     let mut offset = 0;
     while offset < bytes.len() {
         let rest = &bytes[offset..];
+        if zeros(rest) {
+            return Ok(Scan::Padded { offset });
+        }
         let verdict = |reason, ends_at: usize| {
-            if ends_at >= bytes.len() || rest.iter().all(|&b| b == 0) {
+            if ends_at >= bytes.len() || zeros(&bytes[ends_at..]) {
                 Scan::TornTail { offset, reason }
             } else {
                 Scan::Corrupt { offset, reason }
             }
         };
         if rest.len() < HEADER_BYTES {
-            return Ok(verdict("partial header", bytes.len()));
+            return Ok(Scan::TornTail { offset, reason: "partial header" });
         }
         let len = u16::from_le_bytes([rest[0], rest[1]]);
         let check = u16::from_le_bytes([rest[2], rest[3]]);
         let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
         let len = usize::from(len);
         if check != !(len as u16) || len == 0 || len > MAX_PAYLOAD_BYTES {
-            // A length no writer produces: torn only if nothing but zeros follows.
-            return Ok(if rest.iter().all(|&b| b == 0) {
-                Scan::TornTail { offset, reason: "zeroed tail" }
-            } else {
-                Scan::Corrupt { offset, reason: "impossible record length" }
-            });
+            return Ok(verdict("impossible record length", offset + HEADER_BYTES));
         }
         let end = offset + HEADER_BYTES + len;
         if end > bytes.len() {
@@ -117,7 +126,7 @@ mod tests {
     fn scan_reason(s: &Scan) -> &'static str {
         match s {
             Scan::TornTail { reason, .. } | Scan::Corrupt { reason, .. } => reason,
-            Scan::Clean => "",
+            Scan::Clean | Scan::Padded { .. } => "",
         }
     }
 
@@ -137,11 +146,38 @@ mod tests {
     }
 
     #[test]
-    fn a_zeroed_tail_is_torn_not_corrupt() {
+    fn zeros_after_the_last_record_are_padding() {
         let mut bytes = framed(&[b"first"]);
         bytes.extend_from_slice(&[0; 100]);
         let (got, scan) = collect(&bytes);
         assert_eq!(got.len(), 1);
-        assert!(matches!(scan, Scan::TornTail { offset: 13, .. }));
+        assert_eq!(scan, Scan::Padded { offset: 13 });
+    }
+
+    #[test]
+    fn an_interrupted_write_into_padding_is_a_torn_tail() {
+        let bytes = framed(&[b"first", b"second", b"third!"]);
+        let last_start = bytes.len() - (HEADER_BYTES + 6);
+        for cut in last_start + 1..bytes.len() {
+            let mut padded = bytes[..cut].to_vec();
+            padded.resize(bytes.len() + 4096, 0);
+            let (got, scan) = collect(&padded);
+            assert_eq!(got.len(), 2, "cut at {cut}");
+            assert!(matches!(scan, Scan::TornTail { offset, .. } if offset == last_start), "cut at {cut}: {scan:?}");
+        }
+    }
+
+    #[test]
+    fn a_damaged_record_before_padding_with_data_after_it_is_corruption() {
+        let mut bytes = framed(&[b"first", b"second", b"third"]);
+        bytes.resize(bytes.len() + 4096, 0);
+        let second = HEADER_BYTES + 5;
+        for i in second..second + HEADER_BYTES + 6 {
+            let mut damaged = bytes.clone();
+            damaged[i] ^= 0x40;
+            let (got, scan) = collect(&damaged);
+            assert_eq!(got, vec![b"first".to_vec()], "flip at {i}");
+            assert!(matches!(scan, Scan::Corrupt { offset, .. } if offset == second), "flip at {i}: {scan:?}");
+        }
     }
 }

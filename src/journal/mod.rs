@@ -50,6 +50,8 @@ pub enum JournalError {
 pub const MAX_BATCH: usize = 8_192;
 /// A segment is closed and a new one started once it grows past this.
 pub const SEGMENT_MAX_BYTES: u64 = 64 * 1024 * 1024;
+/// How far ahead of the records a segment is zero-filled (see [`file::SegmentFile`]).
+pub const PREALLOC_BYTES: u64 = 1024 * 1024;
 
 /// How the file journal is set up.
 #[derive(Clone, Debug)]
@@ -58,6 +60,9 @@ pub struct FileOptions {
     /// `fdatasync` after every group write; off survives a process crash, not power loss.
     pub fsync: bool,
     pub segment_max_bytes: u64,
+    /// Zero-fill segments this far ahead of the records, so that a sync writes only data
+    /// blocks; 0 appends instead.
+    pub prealloc_bytes: u64,
     /// Injected disk faults, for tests.
     pub faults: Option<Arc<FaultSwitch>>,
     /// Told the sequence number of each new segment, so older ones can be compacted.
@@ -92,8 +97,7 @@ impl<E: Record, C: Completion> Journal<E, C> {
     /// Starts a new segment `next_seq` in `opts.dir` and the writer thread.
     pub fn open(opts: FileOptions, next_seq: u64) -> std::io::Result<Journal<E, C>> {
         std::fs::create_dir_all(&opts.dir)?;
-        let segment = SegmentFile::create(segment_path(&opts.dir, next_seq), opts.faults.clone())?;
-        sync_dir(&opts.dir)?;
+        let segment = new_segment(&opts, next_seq)?;
         let (tx, rx) = mpsc::channel();
         let failures = Arc::<AtomicU64>::default();
         let writer = Writer {
@@ -217,6 +221,21 @@ impl Writer {
         }
         if result.is_ok() && (reset || self.len >= self.opts.segment_max_bytes) {
             self.rotate(reset);
+        } else if result.is_ok() {
+            self.reserve();
+        }
+    }
+
+    /// Zero-fills the segment further ahead once the records come within a quarter of the
+    /// preallocated end, between group commits, so no commit pays for it. Only an
+    /// optimisation: if it fails, records are appended as without it.
+    fn reserve(&mut self) {
+        let ahead = self.opts.prealloc_bytes;
+        if ahead == 0 || self.segment.allocated() >= self.len + ahead / 4 {
+            return;
+        }
+        if let Err(e) = self.segment.preallocate(self.len + ahead, self.opts.fsync) {
+            tracing::warn!(segment = %self.segment.path.display(), error = %e, "cannot preallocate journal space; appending instead");
         }
     }
 
@@ -224,7 +243,7 @@ impl Writer {
     fn write_buffer(&mut self, sync: bool) -> Result<(), JournalError> {
         let io = |e: std::io::Error| JournalError::Io(e.to_string());
         if !self.buf.is_empty() {
-            self.segment.write_all(&self.buf).map_err(io)?;
+            self.segment.write_at(&self.buf, self.len).map_err(io)?;
             self.unsynced = true;
         }
         if sync && self.unsynced && self.opts.fsync {
@@ -258,9 +277,7 @@ impl Writer {
             self.unsynced = false;
         }
         let next = self.seq + 1;
-        let created = SegmentFile::create(segment_path(&self.opts.dir, next), self.opts.faults.clone())
-            .and_then(|s| sync_dir(&self.opts.dir).map(|()| s));
-        let segment = match created {
+        let segment = match new_segment(&self.opts, next) {
             Ok(s) => s,
             Err(e) => {
                 // Keep appending to the current segment; the next commit tries again.
@@ -287,4 +304,16 @@ impl Writer {
             let _ = tx.send(next);
         }
     }
+}
+
+/// Creates segment `seq`, makes its name durable and zero-fills its first stretch.
+fn new_segment(opts: &FileOptions, seq: u64) -> std::io::Result<SegmentFile> {
+    let mut segment = SegmentFile::create(segment_path(&opts.dir, seq), opts.faults.clone())?;
+    sync_dir(&opts.dir)?;
+    if opts.prealloc_bytes > 0
+        && let Err(e) = segment.preallocate(opts.prealloc_bytes, opts.fsync)
+    {
+        tracing::warn!(segment = %segment.path.display(), error = %e, "cannot preallocate journal space; appending instead");
+    }
+    Ok(segment)
 }

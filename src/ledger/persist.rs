@@ -93,7 +93,8 @@ fn replay(listing: &file::Listing, processors: usize, upto: u64, cut_torn_tail: 
             Ok(())
         })?;
         match scan {
-            Scan::Clean => {}
+            // Zeros after the records are the writer's preallocated space, in any segment.
+            Scan::Clean | Scan::Padded { .. } => {}
             Scan::TornTail { offset, reason } if cut_torn_tail && i + 1 == segments.len() => {
                 tracing::warn!(file = %path.display(), offset, dropped_bytes = bytes.len() - offset, reason, "cutting a torn record at the journal's tail (an interrupted write)");
                 let f = OpenOptions::new().write(true).open(path).map_err(|e| RecoveryError::Io(path.clone(), e))?;
