@@ -49,6 +49,7 @@ STRATEGIES = {
     "allocator": ("mimalloc vs system allocator", ("release", []), ("system-alloc", [])),
     "hash": ("FxHash vs SipHash for the ledger's maps", ("release", []), ("siphash", [])),
     "fsync": ("--fsync on vs off", ("release", ["--fsync", "on"]), ("release", ["--fsync", "off"])),
+    "prealloc": ("journal segments zero-filled ahead (1 MiB) vs appended", ("release", []), ("release", ["--journal-prealloc-kib", "0"])),
     "workers": ("tokio worker threads: 2 vs 1", ("release", ["--worker-threads", "2"]), ("release", ["--worker-threads", "1"])),
     "lazy-sync": ("processors' answers as lazy (unsynced) records vs synced", ("release", []), ("before-lazy-sync", [])),
     "intent-at-accept": ("intent journaled with the acceptance vs by dispatch", ("release", []), ("before-intent-at-accept", [])),
