@@ -3,8 +3,9 @@
 //! submitter, carries the consequences (the 202, the hand-off to dispatch), so a client that
 //! hangs up cannot lose them.
 //!
-//! On disk: append-only segment files of framed records in the data directory, written by
-//! one dedicated thread with group commit — it takes everything that arrived while the
+//! On disk: segment files of framed records in the data directory, each written front to
+//! back and zero-filled ahead of its records (see [`file::SegmentFile`]), by one dedicated
+//! thread with group commit — it takes everything that arrived while the
 //! previous sync ran, writes it with one `write`, calls `fdatasync` once, then completes
 //! every waiter. The tokio runtime never touches the disk.
 
