@@ -130,17 +130,25 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_flipped_byte_in_an_early_record_is_corruption_at_its_offset() {
+    /// Flips each byte of the second of three records ("first", "second", "third", then
+    /// `padding` zeros): every flip must read as corruption at the second record.
+    fn every_flip_in_the_second_record_is_corruption(padding: usize) {
         let mut bytes = framed(&[b"first", b"second", b"third"]);
+        bytes.resize(bytes.len() + padding, 0);
         let second = HEADER_BYTES + 5;
         for i in second..second + HEADER_BYTES + 6 {
             let mut damaged = bytes.clone();
             damaged[i] ^= 0x40;
             let (got, scan) = collect(&damaged);
-            assert_eq!(got, vec![b"first".to_vec()], "flip at {i}");
-            assert!(matches!(scan, Scan::Corrupt { offset, .. } if offset == second), "flip at {i}: {scan:?}");
+            assert_eq!(got, vec![b"first".to_vec()], "flip at {i}, padding {padding}");
+            assert!(matches!(scan, Scan::Corrupt { offset, .. } if offset == second), "flip at {i}, padding {padding}: {scan:?}");
         }
+    }
+
+    #[test]
+    fn a_flipped_byte_in_an_early_record_is_corruption_at_its_offset() {
+        every_flip_in_the_second_record_is_corruption(0);
+        let mut bytes = framed(&[b"first", b"second", b"third"]);
         bytes.truncate(bytes.len() - 1);
         assert!(matches!(collect(&bytes).1, Scan::TornTail { .. }));
     }
@@ -169,15 +177,6 @@ mod tests {
 
     #[test]
     fn a_damaged_record_before_padding_with_data_after_it_is_corruption() {
-        let mut bytes = framed(&[b"first", b"second", b"third"]);
-        bytes.resize(bytes.len() + 4096, 0);
-        let second = HEADER_BYTES + 5;
-        for i in second..second + HEADER_BYTES + 6 {
-            let mut damaged = bytes.clone();
-            damaged[i] ^= 0x40;
-            let (got, scan) = collect(&damaged);
-            assert_eq!(got, vec![b"first".to_vec()], "flip at {i}");
-            assert!(matches!(scan, Scan::Corrupt { offset, .. } if offset == second), "flip at {i}: {scan:?}");
-        }
+        every_flip_in_the_second_record_is_corruption(4096);
     }
 }
