@@ -1,6 +1,7 @@
 //! The gateway's hot paths, one criterion group each:
 //!
-//! - `parse_payment`: parse + validate the contest's `POST /payments` body (target < 300 ns).
+//! - `parse_payment`: parse + validate the contest's `POST /payments` body (target < 300 ns),
+//!   and the same body with spaces, which the exact-layout fast path leaves to serde_json.
 //! - `ledger_apply`: one payment's Accepted, Intent and Processed events applied to a ledger
 //!   state that already holds 100,000 payments.
 //! - `summary_1m`: a payments-summary query over 1,000,000 processed payments (target < 50 µs).
@@ -35,6 +36,7 @@ use tokio::sync::oneshot;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const CONTEST_BODY: &[u8] = br#"{"correlationId":"4a7901b8-7d26-4d9d-aa19-4dc1c7cf60b3","amount":19.90}"#;
+const SPACED_BODY: &[u8] = br#"{ "correlationId": "4a7901b8-7d26-4d9d-aa19-4dc1c7cf60b3", "amount": 19.90 }"#;
 const PROCESSORS: usize = 2;
 /// An arbitrary fixed epoch for fixtures (2025-07-15T00:00:00Z), so runs are comparable.
 const T0: i64 = 1_752_537_600_000;
@@ -72,6 +74,8 @@ fn parse_payment(c: &mut Criterion) {
     let mut g = c.benchmark_group("parse_payment");
     g.throughput(Throughput::Bytes(CONTEST_BODY.len() as u64));
     g.bench_function("contest_body", |b| b.iter(|| payment::parse(black_box(CONTEST_BODY)).expect("valid body")));
+    // The same payment with spaces: never the exact layout, always the full JSON parser.
+    g.bench_function("spaced_body", |b| b.iter(|| payment::parse(black_box(SPACED_BODY)).expect("valid body")));
     g.finish();
 }
 

@@ -172,6 +172,32 @@ def run_contest(bins, runs):
     save("contest", {"commit": commit(), "paygate": got["paygate"], "bare": got["bare"]})
 
 
+def run_parser(runs):
+    """The JSON fast path on vs off: hot_paths' parse_payment benches from two builds (default
+    features vs without `json-fast-path`), run interleaved; keeps each run's criterion medians."""
+    env = dict(os.environ, RUSTFLAGS="-C target-cpu=native")
+    sides = {"fast-path": [], "serde-only": ["--no-default-features", "--features", "mimalloc,fxhash"]}
+
+    def cargo(side, *extra):
+        # Criterion writes its results under $CARGO_TARGET_DIR/criterion, so each build gets its own.
+        target = ROOT / "target" / "variants" / f"bench-{side}"
+        cmd = ["cargo", "bench", "--bench", "hot_paths", *sides[side], *extra]
+        subprocess.run(cmd, cwd=ROOT, env=dict(env, CARGO_TARGET_DIR=str(target)), check=True, capture_output=True)
+        return target
+
+    for side in sides:
+        print(f"[parser] build {side}", flush=True)
+        cargo(side, "--no-run")
+
+    def one(side):
+        target = cargo(side, "--", "parse_payment")
+        return {est.parent.parent.name: json.loads(est.read_text())["median"]["point_estimate"]
+                for est in (target / "criterion" / "parse_payment").glob("*/new/estimates.json")}
+
+    got = interleaved(runs, list(sides), one)
+    save("parser", {"commit": commit(), **got})
+
+
 def run_benches(runs):
     """Runs the criterion benches `runs` times; keeps each run's criterion median and the JSON
     lines the custom measurements print (`journal-latency:`, `recovery-1m:`, ...)."""
@@ -325,6 +351,20 @@ def render_benches():
     return out
 
 
+def render_parser():
+    d = load("parser")
+    if not d:
+        return None
+    out = ["| body | build | runs | median per parse | spread |", "|---|---|---|---|---|"]
+    for body in ("contest_body", "spaced_body"):
+        for side in ("fast-path", "serde-only"):
+            xs = [r[body] for r in d[side] if body in r]
+            if xs:
+                out.append(f"| `{body}` | {side} | {len(xs)} | {ns(med(xs))} | {ns(min(xs))}–{ns(max(xs))} |")
+    out += ["", f"criterion medians, builds run alternately; commit `{d['commit']}`, {d['recorded_at']}, {d['machine']}."]
+    return out
+
+
 def render_isolated():
     """Runs copied from `scripts/pinned_ab.sh` on a 16-core machine (perf/results/isolated/)."""
     d = RESULTS / "isolated"
@@ -371,7 +411,8 @@ def render():
     text = PERF_MD.read_text()
     tables = {f"matrix-{n}": (lambda n=n: render_matrix(n)) for n in STRATEGIES}
     tables.update({"targets-2000": render_targets, "sweep": render_sweep, "contest": render_contest, "benches": render_benches,
-                   "isolated": render_isolated, "profile": render_profile})
+                   "isolated": render_isolated, "profile": render_profile,
+                   "parser": render_parser})
     for name, fn in tables.items():
         start, end = f"<!-- perf-report:{name} -->", f"<!-- /perf-report:{name} -->"
         if start not in text:
@@ -387,7 +428,7 @@ def render():
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default="benches,matrix,targets,sweep,contest")
+    ap.add_argument("--only", default="benches,parser,matrix,targets,sweep,contest")
     ap.add_argument("--strategies", default=",".join(STRATEGIES))
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--rate", type=int, default=2000)
@@ -415,6 +456,8 @@ def main():
             run_contest(bins, a.runs)
         if "benches" in only:
             run_benches(a.runs)
+        if "parser" in only:
+            run_parser(a.runs)
     render()
 
 

@@ -32,6 +32,27 @@ pub struct NewPayment {
 }
 
 pub fn parse(body: &[u8]) -> Result<NewPayment, ApiError> {
+    #[cfg(feature = "json-fast-path")]
+    if let Some(p) = parse_exact(body) {
+        return Ok(p);
+    }
+    parse_full(body)
+}
+
+/// Reads the layout the contest's clients send, `{"correlationId":"<uuid>","amount":<number>}`
+/// with nothing else in it, without a JSON parser. Any other body (other key order, spaces,
+/// escapes, more fields) or any invalid value gives `None`, and [`parse_full`] decides — so a
+/// body is accepted, with the same values, exactly when the full parser would accept it.
+#[cfg_attr(not(feature = "json-fast-path"), allow(dead_code))]
+fn parse_exact(body: &[u8]) -> Option<NewPayment> {
+    let rest = body.strip_prefix(br#"{"correlationId":""#)?;
+    let (id, rest) = rest.split_at_checked(36)?;
+    let amount = rest.strip_prefix(br#"","amount":"#)?.strip_suffix(b"}")?;
+    Some(NewPayment { id: CorrelationId::parse(id)?, cents: Cents::parse_json_number(amount).ok()? })
+}
+
+/// The general parser: any valid JSON object, with the exact error for anything else.
+fn parse_full(body: &[u8]) -> Result<NewPayment, ApiError> {
     // serde would read a struct from an array too; only an object is a payment.
     if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
         serde_json::from_slice::<serde::de::IgnoredAny>(body).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
@@ -58,6 +79,43 @@ pub fn parse(body: &[u8]) -> Result<NewPayment, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// Values and near-misses for each part of the exact layout.
+    fn id_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<u128>().prop_map(|v| CorrelationId(v).to_string()),
+            any::<u128>().prop_map(|v| CorrelationId(v).to_string().to_uppercase()),
+            "[0-9a-fA-F\\\\\"g -]{34,38}",
+        ]
+    }
+
+    fn amount_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            (1u64..100_000_000_000_000, 0u32..3).prop_map(|(c, d)| match d {
+                0 => (c / 100).to_string(),
+                1 => format!("{}.{}", c / 100, (c % 100) / 10),
+                _ => format!("{}.{:02}", c / 100, c % 100),
+            }),
+            "-?[0-9]{0,14}(\\.[0-9]{0,4})?([eE][+-]?[0-9]{0,2})?",
+            "[0-9. +-]{1,6}|\"19.90\"|null|true|\\{\\}",
+        ]
+    }
+
+    proptest! {
+        /// Whatever the fast path accepts, the full parser accepts with the same values; and it
+        /// refuses no body of its exact layout that the full parser accepts.
+        #[test]
+        fn the_exact_layout_agrees_with_the_full_parser(id in id_text(), amount in amount_text(), tail in "\\}|\\} |,\"x\":1\\}") {
+            let body = format!(r#"{{"correlationId":"{id}","amount":{amount}{tail}"#);
+            let full = parse_full(body.as_bytes());
+            match parse_exact(body.as_bytes()) {
+                Some(p) => prop_assert!(matches!(full, Ok(q) if q == p), "fast path read {} as {:?}, full parser: {:?}", body, p, full),
+                // Spaces and extra fields are outside the exact layout: the full parser's case.
+                None => prop_assert!(full.is_err() || tail != "}" || amount.contains(' '), "fast path refused {} which parses as {:?}", body, full),
+            }
+        }
+    }
 
     fn code(body: &str) -> String {
         match parse(body.as_bytes()) {
