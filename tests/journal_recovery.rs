@@ -111,7 +111,7 @@ fn truncation_anywhere_inside_the_last_record_keeps_exactly_the_records_before_i
             let r = persist::recover(&dir, 2).unwrap();
             // A record whose missing end was all zeros reads back whole from the padding.
             let whole = padded && full[cut..data_end].iter().all(|&b| b == 0);
-            assert!(r.state == if whole { all.clone() } else { before.clone() }, "cut at {cut}, padded {padded}");
+            assert!(r.state == *if whole { &all } else { &before }, "cut at {cut}, padded {padded}");
             // A torn record is cut from the file; zeros after complete records are padding and stay.
             let want = if padded && (cut == last_start || whole) { full.len() } else { last_start };
             assert_eq!(std::fs::metadata(&segment).unwrap().len(), want as u64, "cut at {cut}, padded {padded}");

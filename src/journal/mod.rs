@@ -223,20 +223,7 @@ impl Writer {
         if result.is_ok() && (reset || self.len >= self.opts.segment_max_bytes) {
             self.rotate(reset);
         } else if result.is_ok() {
-            self.reserve();
-        }
-    }
-
-    /// Zero-fills the segment further ahead once the records come within a quarter of the
-    /// preallocated end, between group commits, so no commit pays for it. Only an
-    /// optimisation: if it fails, records are appended as without it.
-    fn reserve(&mut self) {
-        let ahead = self.opts.prealloc_bytes;
-        if ahead == 0 || self.segment.allocated() >= self.len + ahead / 4 {
-            return;
-        }
-        if let Err(e) = self.segment.preallocate(self.len + ahead, self.opts.fsync) {
-            tracing::warn!(segment = %self.segment.path.display(), error = %e, "cannot preallocate journal space; appending instead");
+            reserve(&mut self.segment, self.len, &self.opts);
         }
     }
 
@@ -311,10 +298,19 @@ impl Writer {
 fn new_segment(opts: &FileOptions, seq: u64) -> std::io::Result<SegmentFile> {
     let mut segment = SegmentFile::create(segment_path(&opts.dir, seq), opts.faults.clone())?;
     sync_dir(&opts.dir)?;
-    if opts.prealloc_bytes > 0
-        && let Err(e) = segment.preallocate(opts.prealloc_bytes, opts.fsync)
-    {
+    reserve(&mut segment, 0, opts);
+    Ok(segment)
+}
+
+/// Zero-fills `segment` further ahead once its `len` bytes of records come within a quarter
+/// of the preallocated end; the writer calls it between group commits, so no commit pays
+/// for it. Only an optimisation: if it fails, records are appended as without it.
+fn reserve(segment: &mut SegmentFile, len: u64, opts: &FileOptions) {
+    let ahead = opts.prealloc_bytes;
+    if ahead == 0 || segment.allocated() >= len + ahead / 4 {
+        return;
+    }
+    if let Err(e) = segment.preallocate(len + ahead, opts.fsync) {
         tracing::warn!(segment = %segment.path.display(), error = %e, "cannot preallocate journal space; appending instead");
     }
-    Ok(segment)
 }
