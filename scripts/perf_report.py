@@ -33,8 +33,8 @@ VARIANTS = {
     "cgu-16": {"env": {"CARGO_PROFILE_RELEASE_CODEGEN_UNITS": "16"}},
     "unwind": {"env": {"CARGO_PROFILE_RELEASE_PANIC": "unwind"}},
     "generic-cpu": {"rustflags": "-C target-cpu=x86-64"},
-    "system-alloc": {"cargo_args": ["--no-default-features", "--features", "fxhash"]},
-    "siphash": {"cargo_args": ["--no-default-features", "--features", "mimalloc"]},
+    "system-alloc": {"cargo_args": ["--no-default-features", "--features", "fxhash,json-fast-path"]},
+    "siphash": {"cargo_args": ["--no-default-features", "--features", "mimalloc,json-fast-path"]},
     # Code changes, measured against the commit just before them.
     "before-lazy-sync": {"ref": "08d17f8"},
     "before-intent-at-accept": {"ref": "e1399a4"},
@@ -190,12 +190,16 @@ def run_parser(runs):
         cargo(side, "--no-run")
 
     def one(side):
-        target = cargo(side, "--", "parse_payment")
-        return {est.parent.parent.name: json.loads(est.read_text())["median"]["point_estimate"]
-                for est in (target / "criterion" / "parse_payment").glob("*/new/estimates.json")}
+        return criterion_medians(cargo(side, "--", "parse_payment") / "criterion" / "parse_payment")
 
     got = interleaved(runs, list(sides), one)
     save("parser", {"commit": commit(), **got})
+
+
+def criterion_medians(root):
+    """{bench path under `root`: criterion's median estimate, ns} for the latest run of each."""
+    return {str(est.parent.parent.relative_to(root)): json.loads(est.read_text())["median"]["point_estimate"]
+            for est in root.glob("**/new/estimates.json")}
 
 
 def run_benches(runs):
@@ -212,9 +216,7 @@ def run_benches(runs):
                 key, sep, rest = line.partition(": {")
                 if sep and " " not in key:
                     run["lines"].setdefault(key, []).append(json.loads("{" + rest))
-        for est in (ROOT / "target" / "criterion").glob("**/new/estimates.json"):
-            name = str(est.parent.parent.relative_to(ROOT / "target" / "criterion"))
-            run["criterion"][name] = json.loads(est.read_text())["median"]["point_estimate"]
+        run["criterion"] = criterion_medians(ROOT / "target" / "criterion")
         got.append(run)
     save("benches", {"commit": commit(), "runs": got})
 
@@ -440,7 +442,9 @@ def main():
     if not a.render:
         only = set(a.only.split(","))
         strategies = [s for s in a.strategies.split(",") if s]
-        needed = {"release"}
+        # The load experiments need release binaries (the release build also runs the simulators
+        # and the load generator); the criterion steps build their own.
+        needed = {"release"} if only & {"matrix", "targets", "sweep", "contest"} else set()
         if "matrix" in only:
             needed |= {STRATEGIES[s][1][0] for s in strategies} | {STRATEGIES[s][2][0] for s in strategies}
         bins = {v: build(v, **VARIANTS[v]) for v in sorted(needed)}

@@ -17,6 +17,7 @@ labels=() bins=()
 for kv in "$@"; do labels+=("${kv%%=*}"); bins+=("${kv#*=}"); done
 tool=${bins[0]}
 work=$(mktemp -d)
+# On any exit, stop whatever is still running (some may have exited already) and clean up.
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
 # start NAME CPUS CMD... : starts CMD pinned to CPUS, waits for "listening on ADDR", sets $addr.
@@ -25,6 +26,7 @@ start() {
     taskset -c "$cpus" "$@" > "$work/$name.out" 2> "$work/$name.err" &
     pids[$name]=$!
     for _ in $(seq 300); do
+        # Polls the output: grep finds nothing until the line is printed.
         addr=$(grep -m1 -o 'listening on [0-9.:]*' "$work/$name.out" 2>/dev/null | cut -d' ' -f3 || true)
         [ -n "$addr" ] && return 0
         sleep 0.1
@@ -52,6 +54,14 @@ for run in $(seq "$runs"); do
         # shellcheck disable=SC2086 # LOADGEN_ARGS is a word list (e.g. a --sweep)
         taskset -c "$load_cpus" "$tool" loadgen --url "http://$addr" --rate "$rate" --duration "$duration" \
             --json "$out/$label-$run.json" ${LOADGEN_ARGS:-} 2>/dev/null
-        for n in gw default fallback; do kill -TERM "${pids[$n]}" 2>/dev/null || true; wait "${pids[$n]}" 2>/dev/null || true; done
+        for n in gw default fallback; do
+            # A process that died during the run makes the run worthless: say so and stop.
+            if ! kill -0 "${pids[$n]}" 2>/dev/null; then
+                echo "$n exited during run $run $label" >&2; cat "$work/$n.err" >&2; exit 1
+            fi
+            kill -TERM "${pids[$n]}"
+            # Its exit status after SIGTERM is not an error.
+            wait "${pids[$n]}" 2>/dev/null || true
+        done
     done
 done
