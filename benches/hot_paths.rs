@@ -37,7 +37,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const CONTEST_BODY: &[u8] = br#"{"correlationId":"4a7901b8-7d26-4d9d-aa19-4dc1c7cf60b3","amount":19.90}"#;
 const SPACED_BODY: &[u8] = br#"{ "correlationId": "4a7901b8-7d26-4d9d-aa19-4dc1c7cf60b3", "amount": 19.90 }"#;
-const PROCESSORS: usize = 2;
+const PROCESSORS: [&str; 2] = ["default", "fallback"];
 /// An arbitrary fixed epoch for fixtures (2025-07-15T00:00:00Z), so runs are comparable.
 const T0: i64 = 1_752_537_600_000;
 
@@ -91,7 +91,7 @@ const APPLY_CHUNK: usize = 10_000;
 
 fn ledger_apply(c: &mut Criterion) {
     let prefill = if full_run() { PREFILL } else { 1_000 };
-    let mut base = State::new(PROCESSORS);
+    let mut base = State::new(&PROCESSORS);
     let mut rng = fastrand::Rng::with_seed(1);
     for i in 0..prefill as i64 {
         apply_all(&mut base, &lifecycle(CorrelationId(rng.u128(..)), 1990, T0 + i, (i % 2) as u8, T0 + i + 1));
@@ -139,7 +139,7 @@ fn ledger_apply(c: &mut Criterion) {
 /// milliseconds: in order, except 1 % that arrive up to 5 s late (retries, slow processors).
 fn summary_fixture(payments: usize, span_ms: i64) -> State {
     let mut rng = fastrand::Rng::with_seed(2);
-    let mut state = State::new(PROCESSORS);
+    let mut state = State::new(&PROCESSORS);
     for i in 0..payments as i64 {
         let mut at = T0 + i * span_ms / payments as i64;
         if rng.u8(..100) == 0 {

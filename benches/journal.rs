@@ -81,6 +81,7 @@ fn open(dir: &Path, fsync: bool, prealloc: bool) -> Journal<Event, Durable> {
         faults: None,
         rotated: None,
         dir_lock: Arc::default(),
+        segment_header: Vec::new(),
     };
     Journal::open(opts, 0).expect("open journal")
 }

@@ -26,7 +26,7 @@ use paygate::ledger::{Event, State};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const PROCESSORS: usize = 2;
+const PROCESSORS: [&str; 2] = ["default", "fallback"];
 /// An arbitrary fixed epoch for fixtures (2025-07-15T00:00:00Z).
 const T0: i64 = 1_752_537_600_000;
 /// Runs measured per benchmark (criterion's samples, one run each).
@@ -85,6 +85,7 @@ fn write_segment(dir: &Path, seq: u64, rng: &mut fastrand::Rng, from: u64, to: u
         faults: None,
         rotated: None,
         dir_lock: Arc::default(),
+        segment_header: Vec::new(),
     };
     let mut journal = Journal::<Event, Wait>::open(opts, seq).expect("open journal");
     let (tx, rx) = mpsc::channel();
@@ -118,7 +119,7 @@ fn bench_recover(c: &mut Criterion, group: &str, name: &str, label: &str, dir: &
     let mut untimed = [Duration::ZERO; 2];
     for took in &mut untimed {
         let started = Instant::now();
-        let check = persist::recover(dir, PROCESSORS).expect("recover fixture");
+        let check = persist::recover(dir, &PROCESSORS.map(String::from)).expect("recover fixture");
         *took = started.elapsed();
         assert_eq!(check.state.len(), payments);
         assert_eq!(check.state.unfinished(), 0);
@@ -138,7 +139,7 @@ fn bench_recover(c: &mut Criterion, group: &str, name: &str, label: &str, dir: &
             let mut runs = Vec::with_capacity(iters as usize);
             for _ in 0..iters {
                 let started = Instant::now();
-                let recovered = persist::recover(dir, PROCESSORS).expect("recover");
+                let recovered = persist::recover(dir, &PROCESSORS.map(String::from)).expect("recover");
                 runs.push(started.elapsed());
                 std::hint::black_box(&recovered.state);
                 drop(recovered);
@@ -172,7 +173,7 @@ fn snapshot_plus_tail(c: &mut Criterion) {
     let (payments, tail) = if full_run() { (1_000_000u64, 1_000u64) } else { (10_000, 100) };
     let dir = TempDir::new("recovery-snapshot");
     let mut rng = fastrand::Rng::with_seed(1);
-    let mut state = State::new(PROCESSORS);
+    let mut state = State::new(&PROCESSORS);
     for i in 0..payments - tail {
         for e in lifecycle(&mut rng, i) {
             state.apply(&e).expect("fixture events apply");

@@ -6,14 +6,17 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use std::time::Duration;
+
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 
 use crate::api::Api;
 use crate::config::GatewayConfig;
+use crate::dispatch::{SendGate, Shared, WorkQueue};
 use crate::journal::{FileOptions, Journal};
 use crate::ledger::persist;
 use crate::ledger::{Done, Event, Ledger, LedgerLimits, Restore, State};
+use crate::processor::ProcessorIdx;
 use crate::processor::client::ProcessorClient;
 use crate::processor::router::Router;
 use crate::sim::{Sim, SimConfig};
@@ -22,6 +25,9 @@ use crate::{dispatch, processor};
 /// Fees of the built-in simulated processors, in parts per million (5 % and 15 %).
 pub const BUILTIN_FEES_PPM: [(&str, u64); 2] = [("default", 50_000), ("fallback", 150_000)];
 
+/// How much longer than the upstream timeout a half-open probe may stay out.
+pub const PROBE_MARGIN_MS: u64 = 1_000;
+
 /// Serves the gateway on `listener` until `shutdown` resolves.
 pub async fn run(config: GatewayConfig, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), String> {
     if config.processors.is_empty() {
@@ -29,18 +35,32 @@ pub async fn run(config: GatewayConfig, listener: TcpListener, shutdown: impl Fu
     }
     let upstreams =
         config.processors.iter().map(|(name, url)| (name.clone(), ProcessorClient::new(url, config.upstream_timeout))).collect();
-    let router = Arc::new(Router::new(upstreams, config.max_defer));
-    let (dispatch_tx, dispatch_rx) = mpsc::unbounded_channel();
+    // A probe is a real request: it ends within the upstream timeout plus the time its intent
+    // takes to become durable; past this it counts as failed.
+    let probe_timeout = config.upstream_timeout + Duration::from_millis(PROBE_MARGIN_MS);
+    let router = Arc::new(Router::new(upstreams, config.max_defer, probe_timeout));
+    let (queue, queue_rx) = WorkQueue::new();
     let (journal, state, restore) = open_journal(&config).await?;
+    let all_names = state.names().to_vec();
     let limits = LedgerLimits { pending_max: config.pending_max };
-    let (ledger, ledger_task) = Ledger::spawn(state, journal, dispatch_tx, limits, restore);
-    let workers = dispatch::spawn(config.dispatch_workers, dispatch_rx, router.clone(), ledger.clone());
-    let monitors = processor::health::spawn(router.clone(), config.health_interval);
+    let (ledger, ledger_task) = Ledger::spawn(state, journal, queue.clone(), limits, restore);
+    let sends = Arc::new(SendGate::default());
+    let shared = Arc::new(Shared { router: router.clone(), ledger: ledger.clone(), sends: sends.clone(), queue: queue.clone() });
+    let workers = dispatch::spawn(config.dispatch_workers, queue_rx, shared);
+    let mut monitors = processor::health::spawn(router.clone(), config.health_interval);
+    monitors.extend((0..router.upstreams().len()).map(|idx| {
+        let router = router.clone();
+        tokio::spawn(async move { router.probe_forever(idx as ProcessorIdx).await })
+    }));
     let api = Arc::new(Api {
         ledger,
         processor_names: config.processors.iter().map(|(n, _)| n.clone()).collect(),
+        all_names,
         admin_token: config.admin_token.clone(),
         accepting: AtomicBool::new(true),
+        router,
+        sends,
+        queue,
     });
     tracing::info!(
         listen = %listener.local_addr().map_err(|e| e.to_string())?,
@@ -61,27 +81,40 @@ pub async fn run(config: GatewayConfig, listener: TcpListener, shutdown: impl Fu
 }
 
 /// Recovers the ledger's state from the data directory and opens the journal after it.
+/// Refuses to start when a processor that is no longer configured still holds payments whose
+/// outcome there is unknown: only that processor can say whether it recorded them.
 async fn open_journal(config: &GatewayConfig) -> Result<(Journal<Event, Done>, State, Restore), String> {
-    let processors = config.processors.len();
+    let configured: Vec<String> = config.processors.iter().map(|(n, _)| n.clone()).collect();
     let dir = config.data_dir.clone();
     let started = std::time::Instant::now();
     let recovered = tokio::task::spawn_blocking({
-        let dir = dir.clone();
-        move || persist::recover(&dir, processors)
+        let (dir, names) = (dir.clone(), configured.clone());
+        move || persist::recover(&dir, &names)
     })
     .await
     .map_err(|e| e.to_string())?
     .map_err(|e| e.to_string())?;
+    let state = recovered.state;
+    for (idx, name) in state.names().iter().enumerate().skip(configured.len()) {
+        let unresolved = state.unresolved_at(idx as ProcessorIdx);
+        if unresolved > 0 {
+            return Err(format!(
+                "processor `{name}` is not configured but holds {unresolved} payments whose outcome there is unknown; \
+                 start with --processor {name}=URL until they are resolved"
+            ));
+        }
+        tracing::warn!(processor = %name, "processor known from the journal is not configured; its history is kept but not reported");
+    }
     tracing::info!(
         data_dir = %dir.display(),
-        payments = recovered.state.len(),
-        unfinished = recovered.state.unfinished(),
+        payments = state.len(),
+        unfinished = state.unfinished(),
         replayed_records = recovered.replayed,
         ms = started.elapsed().as_millis() as u64,
         "ledger recovered from the journal"
     );
     let dir_lock = Arc::new(Mutex::new(()));
-    let rotated = persist::spawn_compactor(dir.clone(), processors, dir_lock.clone()).map_err(|e| e.to_string())?;
+    let rotated = persist::spawn_compactor(dir.clone(), configured.clone(), dir_lock.clone()).map_err(|e| e.to_string())?;
     let options = FileOptions {
         dir: dir.clone(),
         fsync: config.fsync,
@@ -90,10 +123,11 @@ async fn open_journal(config: &GatewayConfig) -> Result<(Journal<Event, Done>, S
         faults: config.faults.clone(),
         rotated: Some(rotated),
         dir_lock: dir_lock.clone(),
+        segment_header: persist::segment_header(state.names()),
     };
     let journal = Journal::open(options, recovered.next_seq).map_err(|e| format!("cannot open the journal in {}: {e}", dir.display()))?;
-    let restore: Restore = Arc::new(move || persist::reload(&dir, processors, &dir_lock).map_err(|e| e.to_string()));
-    Ok((journal, recovered.state, restore))
+    let restore: Restore = Arc::new(move || persist::reload(&dir, &configured, &dir_lock).map_err(|e| e.to_string()));
+    Ok((journal, state, restore))
 }
 
 /// Starts the two built-in simulated processors on loopback ports, for a first run with no

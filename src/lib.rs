@@ -11,5 +11,6 @@ pub mod http;
 pub mod journal;
 pub mod ledger;
 pub mod loadgen;
+pub mod logs;
 pub mod processor;
 pub mod sim;

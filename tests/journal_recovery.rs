@@ -16,6 +16,12 @@ use paygate::journal::{FaultSwitch, FileOptions, Journal};
 use paygate::ledger::persist::{self, Wait};
 use paygate::ledger::{Event, State};
 
+const NAMES: [&str; 2] = ["default", "fallback"];
+
+fn names() -> Vec<String> {
+    NAMES.map(String::from).to_vec()
+}
+
 /// A deterministic mix of events: accepted, sent, processed, rejected and re-sent payments.
 fn events(n: u128) -> Vec<Event> {
     let mut out = Vec::new();
@@ -38,7 +44,7 @@ fn events(n: u128) -> Vec<Event> {
 }
 
 fn model(events: &[Event]) -> State {
-    let mut s = State::new(2);
+    let mut s = State::new(&NAMES);
     for e in events {
         s.apply(e).unwrap();
     }
@@ -54,6 +60,7 @@ fn options(dir: &Path, segment_max_bytes: u64, faults: Option<Arc<FaultSwitch>>)
         faults,
         rotated: None,
         dir_lock: Arc::new(Mutex::new(())),
+        segment_header: Vec::new(),
     }
 }
 
@@ -108,7 +115,7 @@ fn truncation_anywhere_inside_the_last_record_keeps_exactly_the_records_before_i
                 bytes.resize(full.len(), 0);
             }
             std::fs::write(&segment, &bytes).unwrap();
-            let r = persist::recover(&dir, 2).unwrap();
+            let r = persist::recover(&dir, &names()).unwrap();
             // A record whose missing end was all zeros reads back whole from the padding.
             let whole = padded && full[cut..data_end].iter().all(|&b| b == 0);
             assert!(r.state == *if whole { &all } else { &before }, "cut at {cut}, padded {padded}");
@@ -120,9 +127,9 @@ fn truncation_anywhere_inside_the_last_record_keeps_exactly_the_records_before_i
         }
     }
     std::fs::write(&segment, &full).unwrap();
-    assert!(persist::recover(&dir, 2).unwrap().state == model(&evs));
+    assert!(persist::recover(&dir, &names()).unwrap().state == model(&evs));
     std::fs::write(&segment, &full[..data_end]).unwrap();
-    assert!(persist::recover(&dir, 2).unwrap().state == model(&evs));
+    assert!(persist::recover(&dir, &names()).unwrap().state == model(&evs));
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -141,7 +148,7 @@ fn a_flipped_byte_in_an_early_record_stops_recovery_naming_file_and_offset() {
         let mut damaged = full.clone();
         damaged[i] ^= 0x10;
         std::fs::write(&segment, &damaged).unwrap();
-        let err = persist::recover(&dir, 2).err().unwrap_or_else(|| panic!("flip at {i} was not detected")).to_string();
+        let err = persist::recover(&dir, &names()).err().unwrap_or_else(|| panic!("flip at {i} was not detected")).to_string();
         assert!(err.contains(&segment.display().to_string()), "{err}");
         assert!(err.contains(&format!("offset {second_record}")), "flip at {i}: {err}");
         assert_eq!(std::fs::read(&segment).unwrap(), damaged, "a damaged journal is left untouched");
@@ -156,12 +163,12 @@ fn snapshot_then_replay_equals_full_replay() {
     // Full replay: one big segment.
     let full_dir = temp_dir("full");
     write_journal(options(&full_dir, u64::MAX, None), 0, &evs);
-    let full = persist::recover(&full_dir, 2).unwrap().state;
+    let full = persist::recover(&full_dir, &names()).unwrap().state;
     assert!(full == model(&evs));
     // Snapshot of the first half, then the second half in later segments.
     let snap_dir = temp_dir("snap");
     write_journal(options(&snap_dir, u64::MAX, None), 0, half_a);
-    let first = persist::recover(&snap_dir, 2).unwrap();
+    let first = persist::recover(&snap_dir, &names()).unwrap();
     persist::write_snapshot(&snap_dir, first.next_seq, &first.state).unwrap();
     for (_, seg) in list(&snap_dir).unwrap().segments {
         std::fs::remove_file(seg).unwrap();
@@ -170,7 +177,7 @@ fn snapshot_then_replay_equals_full_replay() {
     let l = list(&snap_dir).unwrap();
     assert_eq!(l.snapshots.len(), 1);
     assert!(l.segments.len() > 1, "small segments rotate");
-    let restored = persist::recover(&snap_dir, 2).unwrap();
+    let restored = persist::recover(&snap_dir, &names()).unwrap();
     assert!(restored.state == full, "snapshot + replay differs from full replay");
     assert_eq!(restored.replayed as usize, half_b.len());
     std::fs::remove_dir_all(full_dir).unwrap();
@@ -262,7 +269,7 @@ async fn a_failing_disk_gets_503_never_202_and_the_gateway_recovers_when_it_heal
     }
     gw.stop_keeping_data().await;
     // What the disk holds is exactly what was acknowledged.
-    let r = persist::recover(&config.data_dir, 2).unwrap();
+    let r = persist::recover(&config.data_dir, &names()).unwrap();
     assert_eq!(r.state.len(), 2);
     assert!(r.state.get(good).is_some() && r.state.get(later).is_some());
     std::fs::remove_dir_all(&config.data_dir).unwrap();

@@ -11,20 +11,31 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 
 use self::error::ApiError;
+use crate::dispatch::{SendGate, WorkQueue};
 use crate::domain::money::write_cents;
 use crate::domain::time::Rounding;
 use crate::domain::{CorrelationId, UtcMillis};
 use crate::http::{Body, BodyError, json, push_json_str, query_param, read_body};
 use crate::ledger::{AcceptError, LedgerHandle, Status};
+use crate::processor::ProcessorIdx;
+use crate::processor::router::Router;
 
 /// What the handlers share.
 pub struct Api {
     pub ledger: LedgerHandle,
     /// Processor names, cheapest first, as the summary reports them.
     pub processor_names: Vec<String>,
+    /// Every processor the ledger knows, configured or only in its history, by index.
+    pub all_names: Vec<String>,
     pub admin_token: Option<String>,
     /// False once the gateway stops accepting payments (shutting down).
     pub accepting: AtomicBool,
+    /// Breakers and pinned counts, for `/health`.
+    pub router: Arc<Router>,
+    /// Paused by a purge until no request of the purged books is on the wire.
+    pub sends: Arc<SendGate>,
+    /// Work items alive, for `/health`.
+    pub queue: WorkQueue,
 }
 
 impl Api {
@@ -77,7 +88,7 @@ impl Api {
         match p.status {
             Status::Processed { processor, requested_at } => {
                 out.extend_from_slice(b",\"status\":\"processed\",\"processor\":");
-                push_json_str(&mut out, &self.processor_names[usize::from(processor)]);
+                push_json_str(&mut out, &self.all_names[usize::from(processor)]);
                 out.extend_from_slice(b",\"requestedAt\":\"");
                 requested_at.write_to(&mut out);
                 out.extend_from_slice(b"\"}");
@@ -119,7 +130,12 @@ impl Api {
             (Some(want), Some(got)) if want.as_bytes() == got => {}
             _ => return Err(ApiError::Forbidden),
         }
-        match self.ledger.purge().await.map_err(|_| ApiError::ShuttingDown)? {
+        // Settle every request on the wire first, and send none until the purge is durable, so
+        // that no payment of the purged books lands at a processor after we answer.
+        let paused = self.sends.pause().await;
+        let purged = self.ledger.purge().await.map_err(|_| ApiError::ShuttingDown)?;
+        drop(paused);
+        match purged {
             Ok(()) => {
                 tracing::info!("all payments purged by admin request");
                 Ok(json(StatusCode::OK, &b"{\"message\":\"all payments purged\"}"[..]))
@@ -128,13 +144,41 @@ impl Api {
         }
     }
 
+    /// 200 or 503, with what an operator looks at first: breakers, pinned payments (outcome
+    /// unknown, held by the resolvers), work items alive, and the journal's repair counters.
     fn health(&self) -> Response<Body> {
         if !self.ledger.is_healthy() {
             ApiError::JournalUnavailable.into_response()
-        } else if self.accepting.load(Ordering::Relaxed) {
-            json(StatusCode::OK, &b"{\"status\":\"ok\"}"[..])
-        } else {
+        } else if !self.accepting.load(Ordering::Relaxed) {
             ApiError::ShuttingDown.into_response()
+        } else {
+            json(StatusCode::OK, self.health_body())
         }
+    }
+
+    fn health_body(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256);
+        out.extend_from_slice(b"{\"status\":\"ok\",\"processors\":{");
+        for (i, u) in self.router.upstreams().iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            push_json_str(&mut out, &u.name);
+            let phase = self.router.phase(i as ProcessorIdx).as_str();
+            let pinned = u.pinned.load(Ordering::Relaxed);
+            out.extend_from_slice(format!(":{{\"breaker\":\"{phase}\",\"pinned\":{pinned}}}").as_bytes());
+        }
+        let j = &self.ledger.stats;
+        out.extend_from_slice(
+            format!(
+                "}},\"workItems\":{},\"journal\":{{\"repairs\":{},\"rebuilds\":{},\"requeued\":{}}}}}",
+                self.queue.live(),
+                j.repairs.load(Ordering::Relaxed),
+                j.rebuilds.load(Ordering::Relaxed),
+                j.requeued.load(Ordering::Relaxed)
+            )
+            .as_bytes(),
+        );
+        out
     }
 }

@@ -1,135 +1,179 @@
 //! Dispatch: a fixed pool of workers takes durable payments off the queue, asks the router
-//! for a processor, journals the intent, sends, and reports the outcome to the ledger.
-//! An unknown outcome pins the payment to that processor until it is resolved there.
+//! for a processor, journals the intent, sends, and reports the outcome to the ledger. A
+//! payment whose outcome is unknown goes to its processor's [`resolver`] and the worker moves
+//! on: a processor that hangs holds only the payments pinned to it, never the workers.
+//!
+//! Every send happens under the [`SendGate`]'s read side, from before its intent until its
+//! outcome is settled, so that a purge (which takes the write side) answers only once no
+//! request of the purged books is on the wire.
+
+pub mod resolver;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::{Mutex, RwLock, RwLockWriteGuard, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::domain::UtcMillis;
 use crate::ledger::{IntentError, LedgerHandle, Settled, Work};
+use crate::processor::Outcome;
 use crate::processor::client::Lookup;
 use crate::processor::router::Router;
-use crate::processor::{Outcome, ProcessorIdx};
 
 /// First retry delay after a failed attempt; doubles per attempt up to the cap.
 pub const BACKOFF_BASE_MS: u64 = 20;
 /// Longest wait between attempts for one payment.
 pub const BACKOFF_CAP_MS: u64 = 1_000;
 
-/// Starts `workers` dispatch workers over the queue; they stop when the queue closes.
-pub fn spawn(workers: usize, queue: mpsc::UnboundedReceiver<Work>, router: Arc<Router>, ledger: LedgerHandle) -> Vec<JoinHandle<()>> {
-    let queue = Arc::new(Mutex::new(queue));
-    (0..workers)
-        .map(|_| {
-            let (queue, router, ledger) = (queue.clone(), router.clone(), ledger.clone());
-            tokio::spawn(async move {
-                loop {
-                    let next = queue.lock().await.recv().await;
-                    let Some(work) = next else { return };
-                    deliver(work, &router, &ledger).await;
+/// The way into dispatch: every work item made anywhere goes through [`WorkQueue::push`],
+/// which counts it until it ends, so `/health` can show that nothing piles up.
+#[derive(Clone)]
+pub struct WorkQueue {
+    tx: mpsc::UnboundedSender<Work>,
+    live: Arc<AtomicUsize>,
+}
+
+/// The workers' end of the queue.
+pub struct WorkReceiver(mpsc::UnboundedReceiver<Work>);
+
+impl WorkQueue {
+    pub fn new() -> (WorkQueue, WorkReceiver) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (WorkQueue { tx, live: Arc::default() }, WorkReceiver(rx))
+    }
+
+    pub fn push(&self, work: Work) {
+        self.live.fetch_add(1, Ordering::Relaxed);
+        // The receiver closes only at shutdown; the journal brings the payment back on restart.
+        if self.tx.send(work).is_err() {
+            self.live.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Work items queued, being forwarded, or being resolved.
+    pub fn live(&self) -> usize {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    fn ended(&self) {
+        self.live.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Held (read side) by every send from its intent to its settled outcome; a purge takes the
+/// write side, which waits for those sends to end and holds new ones back.
+#[derive(Default)]
+pub struct SendGate(RwLock<()>);
+
+impl SendGate {
+    /// Waits until no request is on the wire and keeps new ones from starting.
+    pub async fn pause(&self) -> RwLockWriteGuard<'_, ()> {
+        self.0.write().await
+    }
+}
+
+/// What workers and resolvers share.
+pub struct Shared {
+    pub router: Arc<Router>,
+    pub ledger: LedgerHandle,
+    pub sends: Arc<SendGate>,
+    pub queue: WorkQueue,
+}
+
+/// Starts `workers` dispatch workers and one resolver per processor; they stop when the queue
+/// closes or their handles are aborted.
+pub fn spawn(workers: usize, queue: WorkReceiver, shared: Arc<Shared>) -> Vec<JoinHandle<()>> {
+    let (resolvers, mut handles) = resolver::spawn(shared.clone());
+    let resolvers = Arc::new(resolvers);
+    let queue = Arc::new(Mutex::new(queue.0));
+    handles.extend((0..workers).map(|_| {
+        let (queue, shared, resolvers) = (queue.clone(), shared.clone(), resolvers.clone());
+        tokio::spawn(async move {
+            loop {
+                let next = queue.lock().await.recv().await;
+                let Some(work) = next else { return };
+                match work.pinned {
+                    Some(_) => resolvers.pin(work, Duration::ZERO),
+                    None => {
+                        if !forward(work, &shared, &resolvers).await {
+                            shared.queue.ended();
+                        }
+                    }
                 }
-            })
+            }
         })
-        .collect()
+    }));
+    handles
 }
 
 /// Exponential backoff with full jitter, so that retries of many payments spread out.
-fn backoff(attempt: u32) -> Duration {
+pub(crate) fn backoff(attempt: u32) -> Duration {
     let ceiling = BACKOFF_BASE_MS.saturating_mul(1 << attempt.min(16)).min(BACKOFF_CAP_MS);
     Duration::from_millis(ceiling / 2 + fastrand::u64(0..=ceiling / 2))
 }
 
-/// Takes one payment to a final outcome on exactly one processor.
-async fn deliver(mut work: Work, router: &Router, ledger: &LedgerHandle) {
+/// Takes one pending payment to a processor; returns true when it handed the payment to a
+/// resolver (the item lives on there), false when the item has ended.
+async fn forward(mut work: Work, s: &Shared, resolvers: &resolver::Resolvers) -> bool {
     let mut attempt = 0u32;
     loop {
-        if let Some((processor, requested_at)) = work.pinned {
-            if !ledger.is_current(work).await {
-                return;
-            }
-            if resolve(work, processor, requested_at, router, ledger).await {
-                return;
-            }
-            attempt += 1;
-            tokio::time::sleep(backoff(attempt)).await;
-            continue;
-        }
-        let processor = router.wait_route(work.accepted_at).await;
+        let (processor, permit) = tokio::select! {
+            r = s.router.wait_route(work.accepted_at) => r,
+            _ = s.ledger.purged_since(work.generation) => return false,
+        };
+        let gate = s.sends.0.read().await;
         let requested_at = UtcMillis::now();
-        match ledger.intent(work, processor, requested_at).await {
+        match s.ledger.intent(work, processor, requested_at).await {
             Ok(()) => {}
             Err(IntentError::Stale) => {
-                router.abandon(processor);
-                return;
+                s.router.abandon(processor, permit);
+                return false;
             }
             Err(IntentError::Unavailable) => {
-                router.abandon(processor);
+                s.router.abandon(processor, permit);
+                drop(gate);
                 attempt += 1;
                 tokio::time::sleep(backoff(attempt)).await;
                 continue;
             }
         }
-        let outcome = router.upstream(processor).client.pay(work.id, work.cents, requested_at).await;
-        router.report(processor, outcome);
+        work.pinned = Some((processor, requested_at));
+        let client = &s.router.upstream(processor).client;
+        let outcome = client.pay(work.id, work.cents, requested_at).await;
+        s.router.report(processor, permit, outcome);
         match outcome {
             Outcome::Recorded => {
-                ledger.settle(work, processor, Settled::Processed { requested_at }).await;
-                return;
+                s.ledger.settle(work, Settled::Processed { requested_at }).await;
+                return false;
             }
-            Outcome::Duplicate => {
-                // Recorded by an earlier attempt we did not hear back from: count it at the
-                // requestedAt the processor holds.
-                let recorded_at = match router.upstream(processor).client.lookup(work.id).await {
-                    Lookup::Found { requested_at } => requested_at,
-                    _ => requested_at,
-                };
-                ledger.settle(work, processor, Settled::Processed { requested_at: recorded_at }).await;
-                return;
-            }
+            // Recorded by an earlier request: count it at the requestedAt the processor holds,
+            // which only its record tells.
+            Outcome::Duplicate => match client.lookup(work.id).await {
+                Lookup::Found { requested_at } => {
+                    s.ledger.settle(work, Settled::Processed { requested_at }).await;
+                    return false;
+                }
+                Lookup::NotFound | Lookup::Unavailable => {
+                    drop(gate);
+                    resolvers.pin(work, backoff(1));
+                    return true;
+                }
+            },
             Outcome::NotRecorded => {
-                ledger.settle(work, processor, Settled::Rejected).await;
+                s.ledger.settle(work, Settled::Rejected).await;
+                work.pinned = None;
+                drop(gate);
                 attempt += 1;
                 tokio::time::sleep(backoff(attempt)).await;
             }
             Outcome::Unknown => {
-                tracing::debug!(id = %work.id, processor = %router.upstream(processor).name, "outcome unknown; resolving on the same processor");
-                work.pinned = Some((processor, requested_at));
-                attempt += 1;
-                tokio::time::sleep(backoff(attempt)).await;
+                tracing::debug!(id = %work.id, processor = %s.router.upstream(processor).name, "outcome unknown; resolving on the same processor");
+                drop(gate);
+                resolvers.pin(work, backoff(1));
+                return true;
             }
         }
-    }
-}
-
-/// One attempt to learn the fate of a payment whose outcome on `processor` is unknown: ask the
-/// processor what it holds, and if nothing yet, re-send the identical request. Any 200 or 422
-/// means it is recorded there. A 500 only says that the re-send was not recorded; an earlier
-/// request may still be in flight, so the payment stays pinned. Returns true once settled.
-async fn resolve(work: Work, processor: ProcessorIdx, requested_at: UtcMillis, router: &Router, ledger: &LedgerHandle) -> bool {
-    let client = &router.upstream(processor).client;
-    let recorded_at = match client.lookup(work.id).await {
-        Lookup::Found { requested_at: at } => Some(at),
-        Lookup::NotFound | Lookup::Unavailable => {
-            let outcome = client.pay(work.id, work.cents, requested_at).await;
-            router.report(processor, outcome);
-            match outcome {
-                Outcome::Recorded => Some(requested_at),
-                Outcome::Duplicate => match client.lookup(work.id).await {
-                    Lookup::Found { requested_at: at } => Some(at),
-                    _ => Some(requested_at),
-                },
-                Outcome::NotRecorded | Outcome::Unknown => None,
-            }
-        }
-    };
-    match recorded_at {
-        Some(at) => {
-            ledger.settle(work, processor, Settled::Processed { requested_at: at }).await;
-            true
-        }
-        None => false,
     }
 }

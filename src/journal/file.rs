@@ -8,11 +8,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Turns the journal's writes, syncs and truncations into I/O errors while set: the way
-/// tests (and operators, through nothing else) see what a full or failing disk does.
+/// Injected disk faults, the way tests see what a failing or a full disk does. `set` fails
+/// every write, sync and truncation (a disk that errors); `set_full` fails only what needs new
+/// space — writes and preallocation — while truncation and syncs of written data succeed, as
+/// on a file system that ran out of room (ENOSPC).
 #[derive(Debug, Default)]
 pub struct FaultSwitch {
     failing: AtomicBool,
+    full: AtomicBool,
 }
 
 impl FaultSwitch {
@@ -20,8 +23,17 @@ impl FaultSwitch {
         self.failing.store(failing, Ordering::SeqCst);
     }
 
+    pub fn set_full(&self, full: bool) {
+        self.full.store(full, Ordering::SeqCst);
+    }
+
     fn check(&self) -> io::Result<()> {
         if self.failing.load(Ordering::SeqCst) { Err(io::Error::other("injected disk fault")) } else { Ok(()) }
+    }
+
+    fn check_space(&self) -> io::Result<()> {
+        self.check()?;
+        if self.full.load(Ordering::SeqCst) { Err(io::Error::other("injected disk fault: no space left on device")) } else { Ok(()) }
     }
 }
 
@@ -52,9 +64,13 @@ impl SegmentFile {
         self.faults.as_ref().map_or(Ok(()), |f| f.check())
     }
 
+    fn check_space(&self) -> io::Result<()> {
+        self.faults.as_ref().map_or(Ok(()), |f| f.check_space())
+    }
+
     /// Writes `buf` at `offset`. An injected fault writes half of it first, as a full disk would.
     pub fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
-        if let Err(e) = self.check() {
+        if let Err(e) = self.check_space() {
             let _ = self.file.write_all_at(&buf[..buf.len() / 2], offset);
             return Err(e);
         }
@@ -71,7 +87,7 @@ impl SegmentFile {
     /// Fills the file with zeros up to `len` bytes (and syncs that, with `sync`), so later
     /// writes below `len` are overwrites.
     pub fn preallocate(&mut self, len: u64, sync: bool) -> io::Result<()> {
-        self.check()?;
+        self.check_space()?;
         while self.allocated < len {
             let n = (len - self.allocated).min(ZEROS.len() as u64) as usize;
             self.file.write_all_at(&ZEROS[..n], self.allocated)?;

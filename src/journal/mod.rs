@@ -53,6 +53,10 @@ pub const MAX_BATCH: usize = 8_192;
 pub const SEGMENT_MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// How far ahead of the records a segment is zero-filled (see [`file::SegmentFile`]).
 pub const PREALLOC_BYTES: u64 = 1024 * 1024;
+/// What a repair writes ahead of the records, at least, to prove the disk takes writes.
+pub const REPAIR_PROBE_BYTES: u64 = 64 * 1024;
+/// A failing disk is logged by the writer at most once per this period.
+pub const FAILURE_LOG_EVERY_MS: u64 = 30_000;
 
 /// How the file journal is set up.
 #[derive(Clone, Debug)]
@@ -70,6 +74,9 @@ pub struct FileOptions {
     pub rotated: Option<mpsc::Sender<u64>>,
     /// Held while files other than the open segment are deleted or renamed in the directory.
     pub dir_lock: Arc<Mutex<()>>,
+    /// Payload of the record that starts every segment (the ledger's processor names); empty
+    /// for none.
+    pub segment_header: Vec<u8>,
 }
 
 enum Msg<E, C> {
@@ -98,18 +105,19 @@ impl<E: Record, C: Completion> Journal<E, C> {
     /// Starts a new segment `next_seq` in `opts.dir` and the writer thread.
     pub fn open(opts: FileOptions, next_seq: u64) -> std::io::Result<Journal<E, C>> {
         std::fs::create_dir_all(&opts.dir)?;
-        let segment = new_segment(&opts, next_seq)?;
+        let (segment, len) = new_segment(&opts, next_seq)?;
         let (tx, rx) = mpsc::channel();
         let failures = Arc::<AtomicU64>::default();
         let writer = Writer {
             opts,
             seq: next_seq,
             segment,
-            len: 0,
+            len,
             failed: false,
             unsynced: false,
             failures: failures.clone(),
             buf: Vec::with_capacity(64 * 1024),
+            log: crate::logs::LogLimiter::new(std::time::Duration::from_millis(FAILURE_LOG_EVERY_MS)),
         };
         std::thread::Builder::new().name("journal-writer".into()).spawn(move || writer.run(rx))?;
         Ok(Journal { backend: Backend::File(tx), failures })
@@ -161,6 +169,7 @@ struct Writer {
     unsynced: bool,
     failures: Arc<AtomicU64>,
     buf: Vec<u8>,
+    log: crate::logs::LogLimiter,
 }
 
 impl Writer {
@@ -215,7 +224,9 @@ impl Writer {
         {
             self.failed = true;
             self.failures.fetch_add(1, Ordering::AcqRel);
-            tracing::error!(segment = %self.segment.path.display(), error = %e, "journal write failed; payments are refused until it recovers");
+            if let Some(suppressed) = self.log.allow() {
+                tracing::error!(segment = %self.segment.path.display(), error = %e, suppressed, "journal write failed; payments are refused until it recovers");
+            }
         }
         for w in waiters.drain(..) {
             w.complete(result.clone());
@@ -242,13 +253,20 @@ impl Writer {
         Ok(())
     }
 
+    /// Cuts the open segment back to its durable length, then proves the disk takes writes
+    /// again by zero-filling space ahead of the records (and syncing it): on a disk that is
+    /// still full this fails, and the journal stays failed instead of failing the next
+    /// payment's commit all over again.
     fn repair(&mut self) -> Result<(), JournalError> {
         if !self.failed {
             return Ok(());
         }
-        self.segment.truncate(self.len).map_err(|e| JournalError::Io(e.to_string()))?;
+        let io = |e: std::io::Error| JournalError::Io(e.to_string());
+        self.segment.truncate(self.len).map_err(io)?;
+        let ahead = self.opts.prealloc_bytes.max(REPAIR_PROBE_BYTES);
+        self.segment.preallocate(self.len + ahead, self.opts.fsync).map_err(io)?;
         self.failed = false;
-        tracing::warn!(segment = %self.segment.path.display(), len = self.len, "journal repaired; accepting payments again");
+        tracing::warn!(segment = %self.segment.path.display(), len = self.len, "journal repaired: the disk takes writes again");
         Ok(())
     }
 
@@ -265,7 +283,7 @@ impl Writer {
             self.unsynced = false;
         }
         let next = self.seq + 1;
-        let segment = match new_segment(&self.opts, next) {
+        let (segment, len) = match new_segment(&self.opts, next) {
             Ok(s) => s,
             Err(e) => {
                 // Keep appending to the current segment; the next commit tries again.
@@ -275,7 +293,7 @@ impl Writer {
         };
         self.segment = segment;
         self.seq = next;
-        self.len = 0;
+        self.len = len;
         self.unsynced = false;
         if reset {
             let _guard = self.opts.dir_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -294,12 +312,19 @@ impl Writer {
     }
 }
 
-/// Creates segment `seq`, makes its name durable and zero-fills its first stretch.
-fn new_segment(opts: &FileOptions, seq: u64) -> std::io::Result<SegmentFile> {
+/// Creates segment `seq`, makes its name durable, zero-fills its first stretch and writes the
+/// header record (synced with the first commit, which every record after it needs). Returns
+/// the segment and its length.
+fn new_segment(opts: &FileOptions, seq: u64) -> std::io::Result<(SegmentFile, u64)> {
     let mut segment = SegmentFile::create(segment_path(&opts.dir, seq), opts.faults.clone())?;
     sync_dir(&opts.dir)?;
     reserve(&mut segment, 0, opts);
-    Ok(segment)
+    let mut header = Vec::new();
+    if !opts.segment_header.is_empty() {
+        frame::append(|out| out.extend_from_slice(&opts.segment_header), &mut header);
+        segment.write_at(&header, 0)?;
+    }
+    Ok((segment, header.len() as u64))
 }
 
 /// Zero-fills `segment` further ahead once its `len` bytes of records come within a quarter

@@ -10,6 +10,11 @@ const INTENT: u8 = 2;
 const PROCESSED: u8 = 3;
 const REJECTED: u8 = 4;
 const PURGED: u8 = 5;
+/// The first record of every segment: the processor names its events' indices refer to.
+const PROCESSORS: u8 = 6;
+
+/// Longest processor name the journal stores, in bytes.
+pub const MAX_NAME_BYTES: usize = 255;
 
 /// The longest payload an event encodes to (Accepted: 1 + 16 + 8 + 8).
 pub const MAX_EVENT_BYTES: usize = 33;
@@ -37,8 +42,47 @@ pub fn encode(event: &Event, out: &mut Vec<u8>) {
     }
 }
 
+/// Encodes the table of processor names that the events after it index into: a count, then
+/// each name as a length byte and its UTF-8 bytes.
+pub fn encode_processors(names: &[String], out: &mut Vec<u8>) {
+    assert!(names.len() <= usize::from(u8::MAX), "at most 255 processors");
+    out.push(PROCESSORS);
+    out.push(names.len() as u8);
+    for n in names {
+        assert!(n.len() <= MAX_NAME_BYTES, "processor name too long");
+        out.push(n.len() as u8);
+        out.extend_from_slice(n.as_bytes());
+    }
+}
+
+/// A journal payload: an event, or a segment's table of processor names.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decoded {
+    Event(Event),
+    Processors(Vec<String>),
+}
+
+pub fn decode_record(payload: &[u8]) -> Result<Decoded, DecodeError> {
+    if payload.first() != Some(&PROCESSORS) {
+        return decode(payload).map(Decoded::Event);
+    }
+    let bad = DecodeError("malformed processor table");
+    let (&count, mut rest) = payload[1..].split_first().ok_or(bad.clone())?;
+    let mut names = Vec::with_capacity(usize::from(count));
+    for _ in 0..count {
+        let (&len, tail) = rest.split_first().ok_or(bad.clone())?;
+        let (name, tail) = tail.split_at_checked(usize::from(len)).ok_or(bad.clone())?;
+        names.push(std::str::from_utf8(name).map_err(|_| bad.clone())?.to_string());
+        rest = tail;
+    }
+    if !rest.is_empty() {
+        return Err(bad);
+    }
+    Ok(Decoded::Processors(names))
+}
+
 /// Why a payload is not an event.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("payload is not a ledger event: {0}")]
 pub struct DecodeError(pub &'static str);
 
@@ -98,6 +142,17 @@ mod tests {
             prop_assert!(out.len() <= MAX_EVENT_BYTES);
             prop_assert_eq!(decode(&out), Ok(e));
         }
+    }
+
+    #[test]
+    fn processor_tables_round_trip_and_malformed_ones_are_refused() {
+        let names = vec!["default".to_string(), "fallback".to_string(), "ünïcode".to_string()];
+        let mut out = Vec::new();
+        encode_processors(&names, &mut out);
+        assert_eq!(decode_record(&out), Ok(Decoded::Processors(names)));
+        assert!(decode_record(&out[..out.len() - 1]).is_err());
+        assert!(decode_record(&[PROCESSORS, 1, 3, b'a']).is_err());
+        assert!(decode(&out).is_err(), "a table is not an event");
     }
 
     #[test]

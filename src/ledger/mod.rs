@@ -9,32 +9,57 @@ pub mod summary;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 pub use state::{Event, Payment, State, Status};
 pub use summary::Totals;
 
+use crate::dispatch::WorkQueue;
 use crate::domain::{Cents, CorrelationId, UtcMillis};
 use crate::journal::{Completion, Journal, JournalError};
+use crate::logs::LogLimiter;
 use crate::processor::ProcessorIdx;
 
 /// Commands waiting for the ledger task; senders wait when it is full.
 pub const COMMAND_QUEUE_LEN: usize = 16_384;
 
-/// A payment handed to dispatch, once its acceptance is durable.
+/// A payment handed to dispatch, once its acceptance is durable. It may act on the payment
+/// only while it matches it exactly: same ticket, and the status it expects (pending, or sent
+/// to `pinned`) — see [`Ledger`]'s handling of `Intent`, `Settle` and `IsCurrent`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Work {
     pub id: CorrelationId,
     pub cents: Cents,
     pub accepted_at: UtcMillis,
-    /// The purge generation it belongs to; a purge makes older work stale.
+    /// The payment's ticket when this item was made (see [`Payment::ticket`]).
+    pub ticket: u64,
+    /// The purge generation it belongs to: a purge ends every older item's wait for a route.
     pub generation: u64,
     /// Sent to this processor with this `requestedAt`, outcome unknown: it must be resolved
     /// there before it may go anywhere else (SPEC §3.3).
     pub pinned: Option<(ProcessorIdx, UtcMillis)>,
+}
+
+impl Work {
+    fn new(id: CorrelationId, p: &Payment, generation: u64) -> Work {
+        let pinned = match p.status {
+            Status::Sent { processor, requested_at } => Some((processor, requested_at)),
+            _ => None,
+        };
+        Work { id, cents: p.cents, accepted_at: p.accepted_at, ticket: p.ticket, generation, pinned }
+    }
+
+    /// Whether this item is the one that may act on `p` now.
+    fn matches(&self, p: &Payment) -> bool {
+        let expected = match self.pinned {
+            None => Status::Pending,
+            Some((processor, requested_at)) => Status::Sent { processor, requested_at },
+        };
+        p.ticket == self.ticket && p.status == expected
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -64,18 +89,46 @@ pub enum Settled {
 }
 
 enum Command {
-    Accept { id: CorrelationId, cents: Cents, reply: oneshot::Sender<Result<(), AcceptError>> },
-    Get { id: CorrelationId, reply: oneshot::Sender<Option<Payment>> },
-    Summary { from: Option<UtcMillis>, to: Option<UtcMillis>, reply: oneshot::Sender<Vec<Totals>> },
-    Intent { work: Work, processor: ProcessorIdx, requested_at: UtcMillis, reply: oneshot::Sender<Result<(), IntentError>> },
-    Settle { work: Work, processor: ProcessorIdx, settled: Settled },
-    Purge { reply: oneshot::Sender<Result<(), JournalError>> },
-    IsCurrent { work: Work, reply: oneshot::Sender<bool> },
+    Accept {
+        id: CorrelationId,
+        cents: Cents,
+        reply: oneshot::Sender<Result<(), AcceptError>>,
+    },
+    Get {
+        id: CorrelationId,
+        reply: oneshot::Sender<Option<Payment>>,
+    },
+    Summary {
+        from: Option<UtcMillis>,
+        to: Option<UtcMillis>,
+        reply: oneshot::Sender<Vec<Totals>>,
+    },
+    Intent {
+        work: Work,
+        processor: ProcessorIdx,
+        requested_at: UtcMillis,
+        reply: oneshot::Sender<Result<(), IntentError>>,
+    },
+    /// `work.pinned` names the processor and `requestedAt` the outcome is for.
+    Settle {
+        work: Work,
+        settled: Settled,
+    },
+    Purge {
+        reply: oneshot::Sender<Result<(), JournalError>>,
+    },
+    IsCurrent {
+        work: Work,
+        reply: oneshot::Sender<bool>,
+    },
+    Unfinished {
+        reply: oneshot::Sender<usize>,
+    },
 }
 
 /// What happens once an event is durable.
 pub enum Done {
-    Accept { reply: oneshot::Sender<Result<(), AcceptError>>, work: Option<(Work, mpsc::UnboundedSender<Work>)> },
+    Accept { reply: oneshot::Sender<Result<(), AcceptError>>, work: Option<(Work, WorkQueue)> },
     Intent(oneshot::Sender<Result<(), IntentError>>),
     Purge(oneshot::Sender<Result<(), JournalError>>),
     Nothing,
@@ -86,10 +139,9 @@ impl Completion for Done {
         match self {
             Done::Accept { reply, work } => {
                 if result.is_ok()
-                    && let Some((work, tx)) = work
+                    && let Some((work, queue)) = work
                 {
-                    // The receiver only closes at shutdown, when the journal replays it.
-                    let _ = tx.send(work);
+                    queue.push(work);
                 }
                 let _ = reply.send(result.map_err(|_| AcceptError::Unavailable));
             }
@@ -114,14 +166,31 @@ pub struct LedgerLimits {
 /// Rebuilds the state from disk, after a journal failure was repaired.
 pub type Restore = Arc<dyn Fn() -> Result<State, String> + Send + Sync>;
 
-/// How long the ledger waits between attempts to bring a failed journal back.
+/// How long the ledger waits between attempts to bring a failed journal back, and at least
+/// between two rebuilds of its state from disk (a disk that fails every write would otherwise
+/// make every refused payment replay the whole journal).
 pub const JOURNAL_RETRY_MS: u64 = 1_000;
+/// The ledger logs the state of a failing journal at most once per this period.
+pub const JOURNAL_LOG_EVERY_MS: u64 = 30_000;
+
+/// What the ledger did about journal failures, for `/health` and tests.
+#[derive(Debug, Default)]
+pub struct JournalStats {
+    /// Attempts to repair the journal (cut back, and check it takes writes again).
+    pub repairs: AtomicU64,
+    /// Times the state was rebuilt from disk after a successful repair.
+    pub rebuilds: AtomicU64,
+    /// Work items made anew by rebuilds (payments whose state on disk differed).
+    pub requeued: AtomicU64,
+}
 
 /// A cheap, cloneable way to talk to the ledger task.
 #[derive(Clone)]
 pub struct LedgerHandle {
     tx: mpsc::Sender<Command>,
     healthy: Arc<AtomicBool>,
+    generation: watch::Receiver<u64>,
+    pub stats: Arc<JournalStats>,
 }
 
 /// The ledger task stopped: the gateway is shutting down.
@@ -149,18 +218,31 @@ impl LedgerHandle {
         self.ask(|reply| Command::Summary { from, to, reply }).await
     }
 
+    /// Accepted payments not yet processed.
+    pub async fn unfinished(&self) -> Result<usize, Stopped> {
+        self.ask(|reply| Command::Unfinished { reply }).await
+    }
+
     /// Journals the intent to send `work` to `processor`; `Ok` once it is durable.
     pub async fn intent(&self, work: Work, processor: ProcessorIdx, requested_at: UtcMillis) -> Result<(), IntentError> {
         self.ask(|reply| Command::Intent { work, processor, requested_at, reply }).await.unwrap_or(Err(IntentError::Stale))
     }
 
-    pub async fn settle(&self, work: Work, processor: ProcessorIdx, settled: Settled) {
-        let _ = self.tx.send(Command::Settle { work, processor, settled }).await;
+    /// Records the outcome at `work.pinned` (which must be set).
+    pub async fn settle(&self, work: Work, settled: Settled) {
+        debug_assert!(work.pinned.is_some());
+        let _ = self.tx.send(Command::Settle { work, settled }).await;
     }
 
-    /// Whether `work` still stands for an unprocessed payment (not purged, not settled).
+    /// Whether `work` is still the item that may act on its payment, in the state it expects.
     pub async fn is_current(&self, work: Work) -> bool {
         self.ask(|reply| Command::IsCurrent { work, reply }).await.unwrap_or(false)
+    }
+
+    /// Resolves once a purge newer than `generation` happened (or the ledger stopped).
+    pub async fn purged_since(&self, generation: u64) {
+        let mut rx = self.generation.clone();
+        let _ = rx.wait_for(|g| *g != generation).await;
     }
 
     /// False while the journal cannot make events durable.
@@ -177,13 +259,18 @@ impl LedgerHandle {
 pub struct Ledger {
     state: State,
     journal: Journal<Event, Done>,
-    dispatch: mpsc::UnboundedSender<Work>,
-    generation: u64,
+    dispatch: WorkQueue,
+    generation: watch::Sender<u64>,
     limits: LedgerLimits,
     restore: Restore,
     healthy: Arc<AtomicBool>,
     /// The journal's failure count when the state last matched the disk.
     seen_failures: u64,
+    stats: Arc<JournalStats>,
+    /// Payments whose work item ended while the journal was failed (its outcome was dropped).
+    orphans: Vec<CorrelationId>,
+    last_rebuild: Option<tokio::time::Instant>,
+    log: LogLimiter,
 }
 
 impl Ledger {
@@ -192,29 +279,44 @@ impl Ledger {
     pub fn spawn(
         state: State,
         journal: Journal<Event, Done>,
-        dispatch: mpsc::UnboundedSender<Work>,
+        dispatch: WorkQueue,
         limits: LedgerLimits,
         restore: Restore,
     ) -> (LedgerHandle, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE_LEN);
         let healthy = Arc::new(AtomicBool::new(true));
         let seen_failures = journal.failures();
-        let ledger = Ledger { state, journal, dispatch, generation: 0, limits, restore, healthy: healthy.clone(), seen_failures };
-        ledger.dispatch_unfinished();
+        let (generation, generation_rx) = watch::channel(0);
+        let stats = Arc::new(JournalStats::default());
+        let ledger = Ledger {
+            state,
+            journal,
+            dispatch,
+            generation,
+            limits,
+            restore,
+            healthy: healthy.clone(),
+            seen_failures,
+            stats: stats.clone(),
+            orphans: Vec::new(),
+            last_rebuild: None,
+            log: LogLimiter::new(Duration::from_millis(JOURNAL_LOG_EVERY_MS)),
+        };
+        let all: Vec<_> =
+            ledger.state.payments().filter(|(_, p)| !matches!(p.status, Status::Processed { .. })).map(|(id, _)| id).collect();
+        ledger.dispatch_these(&all);
         let task = tokio::spawn(ledger.run(rx));
-        (LedgerHandle { tx, healthy }, task)
+        (LedgerHandle { tx, healthy, generation: generation_rx, stats }, task)
     }
 
-    /// Hands every unfinished payment to dispatch; one whose outcome is unknown goes pinned
-    /// to the processor it was sent to (SPEC §3.3).
-    fn dispatch_unfinished(&self) {
-        for (id, p) in self.state.payments() {
-            let pinned = match p.status {
-                Status::Processed { .. } => continue,
-                Status::Pending => None,
-                Status::Sent { processor, requested_at } => Some((processor, requested_at)),
-            };
-            let _ = self.dispatch.send(Work { id, cents: p.cents, accepted_at: p.accepted_at, generation: self.generation, pinned });
+    /// Hands these payments to dispatch, each as it stands now (pinned to its processor when
+    /// its outcome there is unknown, SPEC §3.3).
+    fn dispatch_these(&self, ids: &[CorrelationId]) {
+        let generation = *self.generation.borrow();
+        for id in ids {
+            if let Some(p) = self.state.get(*id) {
+                self.dispatch.push(Work::new(*id, p, generation));
+            }
         }
     }
 
@@ -228,30 +330,59 @@ impl Ledger {
     }
 
     /// After a failed write the in-memory state holds events the disk does not. Refuse
-    /// changes, have the journal cut its segment back to the durable length, rebuild the
-    /// state from disk, and carry on; until then, retry every [`JOURNAL_RETRY_MS`].
+    /// changes; have the journal cut its segment back to the durable length and prove it takes
+    /// writes again; rebuild the state from disk; and carry on. One repair at a time (this
+    /// task), at most one rebuild per [`JOURNAL_RETRY_MS`], retried every [`JOURNAL_RETRY_MS`]
+    /// until the disk takes writes; only payments whose state on disk differs get a new work
+    /// item, so a disk that stays full neither grows the queues nor floods the log.
     async fn recover_journal(&mut self, rx: &mut mpsc::Receiver<Command>) {
         self.healthy.store(false, Ordering::Relaxed);
+        if let Some(last) = self.last_rebuild {
+            let calm = last + Duration::from_millis(JOURNAL_RETRY_MS);
+            self.degraded_until(rx, tokio::time::sleep_until(calm)).await;
+        }
+        let mut attempts = 0u64;
         loop {
+            attempts += 1;
             self.seen_failures = self.journal.failures();
+            self.stats.repairs.fetch_add(1, Ordering::Relaxed);
             let repair = self.journal.repair();
-            if let Ok(Ok(())) = self.degraded_until(rx, repair).await {
-                let restore = self.restore.clone();
-                let rebuilt = self.degraded_until(rx, tokio::task::spawn_blocking(move || restore())).await;
-                match rebuilt {
-                    Ok(Ok(state)) if self.journal.failures() == self.seen_failures => {
-                        self.state = state;
-                        self.dispatch_unfinished();
-                        self.healthy.store(true, Ordering::Relaxed);
-                        tracing::warn!(payments = self.state.len(), "ledger rebuilt from the journal; accepting payments again");
-                        return;
+            match self.degraded_until(rx, repair).await {
+                Ok(Ok(())) => {
+                    let restore = self.restore.clone();
+                    let rebuilt = self.degraded_until(rx, tokio::task::spawn_blocking(move || restore())).await;
+                    match rebuilt {
+                        Ok(Ok(state)) if self.journal.failures() == self.seen_failures => {
+                            self.adopt(state);
+                            return;
+                        }
+                        Ok(Err(e)) => tracing::error!(error = %e, "cannot rebuild the ledger from the journal"),
+                        _ => {}
                     }
-                    Ok(Err(e)) => tracing::error!(error = %e, "cannot rebuild the ledger from the journal"),
-                    _ => {}
                 }
+                Ok(Err(e)) => {
+                    if let Some(suppressed) = self.log.allow() {
+                        tracing::error!(error = %e, attempts, suppressed, "journal still failing; payments are refused with 503 until the disk takes writes");
+                    }
+                }
+                Err(_) => tracing::error!("journal writer stopped"),
             }
             self.degraded_until(rx, tokio::time::sleep(Duration::from_millis(JOURNAL_RETRY_MS))).await;
         }
+    }
+
+    /// Replaces the state with `rebuilt` (what the disk holds) and makes new work items only
+    /// for payments that need one.
+    fn adopt(&mut self, mut rebuilt: State) {
+        let orphans = std::mem::take(&mut self.orphans);
+        let fresh = rebuilt.adopt_tickets(&self.state, &orphans);
+        self.state = rebuilt;
+        self.dispatch_these(&fresh);
+        self.stats.rebuilds.fetch_add(1, Ordering::Relaxed);
+        self.stats.requeued.fetch_add(fresh.len() as u64, Ordering::Relaxed);
+        self.last_rebuild = Some(tokio::time::Instant::now());
+        self.healthy.store(true, Ordering::Relaxed);
+        tracing::warn!(payments = self.state.len(), requeued = fresh.len(), "ledger rebuilt from the journal; accepting payments again");
     }
 
     /// Answers commands without changing anything until `fut` completes.
@@ -271,8 +402,13 @@ impl Ledger {
                     Command::Purge { reply } => {
                         let _ = reply.send(Err(JournalError::Io("journal is failed".into())));
                     }
-                    // Dropped: the payment is still Sent on disk and is resolved again after recovery.
-                    Command::Settle { .. } => {}
+                    // Not recorded, and its item has ended: the payment needs a new one after
+                    // the rebuild (on disk it is still sent there, and is resolved there again).
+                    Command::Settle { work, .. } => {
+                        if self.state.get(work.id).is_some_and(|p| work.matches(p)) {
+                            self.orphans.push(work.id);
+                        }
+                    }
                     read_only => self.handle(read_only),
                 },
             }
@@ -300,7 +436,9 @@ impl Ledger {
                 }
                 None => {
                     let accepted_at = UtcMillis::now();
-                    let work = Work { id, cents, accepted_at, generation: self.generation, pinned: None };
+                    let ticket = self.state.next_ticket();
+                    let generation = *self.generation.borrow();
+                    let work = Work { id, cents, accepted_at, ticket, generation, pinned: None };
                     let done = Done::Accept { reply, work: Some((work, self.dispatch.clone())) };
                     self.record(Event::Accepted { id, cents, accepted_at }, done);
                 }
@@ -311,19 +449,21 @@ impl Ledger {
             Command::Summary { from, to, reply } => {
                 let _ = reply.send(self.state.summary(from, to));
             }
+            Command::Unfinished { reply } => {
+                let _ = reply.send(self.state.unfinished());
+            }
             Command::Intent { work, processor, requested_at, reply } => {
-                let pending = self.state.get(work.id).is_some_and(|p| p.status == Status::Pending);
-                if work.generation != self.generation || !pending {
+                let current = work.pinned.is_none() && self.state.get(work.id).is_some_and(|p| work.matches(p));
+                if !current {
                     let _ = reply.send(Err(IntentError::Stale));
                     return;
                 }
                 self.record(Event::Intent { id: work.id, processor, requested_at }, Done::Intent(reply));
             }
-            Command::Settle { work, processor, settled } => {
-                let sent_here =
-                    self.state.get(work.id).is_some_and(|p| matches!(p.status, Status::Sent { processor: s, .. } if s == processor));
-                if work.generation != self.generation || !sent_here {
-                    tracing::debug!(id = %work.id, "outcome for a purged payment ignored");
+            Command::Settle { work, settled } => {
+                let Some((processor, _)) = work.pinned else { return };
+                if !self.state.get(work.id).is_some_and(|p| work.matches(p)) {
+                    tracing::debug!(id = %work.id, "outcome of a stale work item ignored (payment purged, settled or re-queued)");
                     return;
                 }
                 let event = match settled {
@@ -333,11 +473,10 @@ impl Ledger {
                 self.record(event, Done::Nothing);
             }
             Command::IsCurrent { work, reply } => {
-                let unfinished = self.state.get(work.id).is_some_and(|p| !matches!(p.status, Status::Processed { .. }));
-                let _ = reply.send(work.generation == self.generation && unfinished);
+                let _ = reply.send(self.state.get(work.id).is_some_and(|p| work.matches(p)));
             }
             Command::Purge { reply } => {
-                self.generation += 1;
+                self.generation.send_modify(|g| *g += 1);
                 self.record(Event::Purged, Done::Purge(reply));
             }
         }

@@ -13,6 +13,7 @@ use crate::domain::{Cents, CorrelationId, UtcMillis};
 use crate::journal::file::{self, snapshot_path, sync_dir};
 use crate::journal::frame::{self, Scan};
 use crate::journal::{Completion, Record};
+use crate::processor::ProcessorIdx;
 
 impl Record for Event {
     fn encode(&self, out: &mut Vec<u8>) {
@@ -53,14 +54,17 @@ pub struct Recovered {
 
 /// Rebuilds the state from `dir`: the newest snapshot, then every later segment. A torn last
 /// record of the last segment is cut (and logged); damage anywhere else is an error.
-pub fn recover(dir: &Path, processors: usize) -> Result<Recovered, RecoveryError> {
+/// `names` are the configured processors, cheapest first: the recovered state indexes them in
+/// this order, whatever order the files were written in, and follows them with any processor
+/// known only from the files.
+pub fn recover(dir: &Path, names: &[String]) -> Result<Recovered, RecoveryError> {
     let io = |e| RecoveryError::Io(dir.to_path_buf(), e);
     std::fs::create_dir_all(dir).map_err(io)?;
     let listing = file::list(dir).map_err(io)?;
     for tmp in &listing.temporaries {
         let _ = std::fs::remove_file(tmp);
     }
-    let r = replay(&listing, processors, u64::MAX, true)?;
+    let r = replay(&listing, names, u64::MAX, true)?;
     let next_seq = listing.segments.last().map_or(0, |(s, _)| s + 1).max(listing.snapshots.last().map_or(0, |(s, _)| *s));
     Ok(Recovered { state: r.0, next_seq, replayed: r.1 })
 }
@@ -68,26 +72,59 @@ pub fn recover(dir: &Path, processors: usize) -> Result<Recovered, RecoveryError
 /// Rebuilds the state of a running gateway's directory (after a repaired write failure):
 /// like [`recover`], but with the writer and compactor alive, so under the directory lock and
 /// without touching any file.
-pub fn reload(dir: &Path, processors: usize, dir_lock: &Mutex<()>) -> Result<State, RecoveryError> {
+pub fn reload(dir: &Path, names: &[String], dir_lock: &Mutex<()>) -> Result<State, RecoveryError> {
     let _guard = dir_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let listing = file::list(dir).map_err(|e| RecoveryError::Io(dir.to_path_buf(), e))?;
-    Ok(replay(&listing, processors, u64::MAX, false)?.0)
+    Ok(replay(&listing, names, u64::MAX, false)?.0)
+}
+
+/// The payload of the record that starts every segment: the processor names its events'
+/// indices refer to.
+pub fn segment_header(names: &[String]) -> Vec<u8> {
+    let mut out = Vec::new();
+    codec::encode_processors(names, &mut out);
+    out
+}
+
+/// Rewrites the processor index of `event` from a file's numbering to the state's.
+fn remap(event: Event, map: &[ProcessorIdx]) -> Option<Event> {
+    let to = |p: ProcessorIdx| map.get(usize::from(p)).copied();
+    Some(match event {
+        Event::Intent { id, processor, requested_at } => Event::Intent { id, processor: to(processor)?, requested_at },
+        Event::Processed { id, processor, requested_at } => Event::Processed { id, processor: to(processor)?, requested_at },
+        Event::Rejected { id, processor } => Event::Rejected { id, processor: to(processor)? },
+        other => other,
+    })
+}
+
+/// Maps a file's processor names onto `state`'s indices, adding names it does not know.
+fn name_map(state: &mut State, names: &[String]) -> Result<Vec<ProcessorIdx>, String> {
+    names.iter().map(|n| state.processor_index(n).ok_or_else(|| "more than 255 processors".to_string())).collect()
 }
 
 /// The state of the newest snapshot plus the segments in `[snapshot, upto)`.
-fn replay(listing: &file::Listing, processors: usize, upto: u64, cut_torn_tail: bool) -> Result<(State, u64), RecoveryError> {
+fn replay(listing: &file::Listing, names: &[String], upto: u64, cut_torn_tail: bool) -> Result<(State, u64), RecoveryError> {
     let snapshot = listing.snapshots.iter().rev().find(|(s, _)| *s <= upto);
     let (mut state, base) = match snapshot {
-        Some((seq, path)) => (load_snapshot(path, processors)?, *seq),
-        None => (State::new(processors), 0),
+        Some((seq, path)) => (load_snapshot(path, names)?, *seq),
+        None => (State::new(names), 0),
     };
+    // Segments written before processors were stored by name use the configured order.
+    let positional: Vec<ProcessorIdx> = (0..names.len() as ProcessorIdx).collect();
     let segments: Vec<_> = listing.segments.iter().filter(|(s, _)| *s >= base && *s < upto).collect();
     let mut replayed = 0u64;
     for (i, (_, path)) in segments.iter().enumerate() {
         let bytes = std::fs::read(path).map_err(|e| RecoveryError::Io(path.clone(), e))?;
         let corrupt = |offset, reason: String| RecoveryError::Corrupt { file: path.clone(), offset, reason };
+        let mut map = positional.clone();
         let scan = frame::scan(&bytes, |offset, payload| {
-            let event = codec::decode(payload).map_err(|e| corrupt(offset, e.to_string()))?;
+            let event = match codec::decode_record(payload).map_err(|e| corrupt(offset, e.to_string()))? {
+                codec::Decoded::Processors(names) => {
+                    map = name_map(&mut state, &names).map_err(|e| corrupt(offset, e))?;
+                    return Ok(());
+                }
+                codec::Decoded::Event(e) => remap(e, &map).ok_or_else(|| corrupt(offset, format!("{e:?} names an unknown processor")))?,
+            };
             state.apply(&event).map_err(|e| corrupt(offset, e.to_string()))?;
             replayed += 1;
             Ok(())
@@ -108,7 +145,10 @@ fn replay(listing: &file::Listing, processors: usize, upto: u64, cut_torn_tail: 
     Ok((state, replayed))
 }
 
-const SNAPSHOT_MAGIC: &[u8; 8] = b"PGSNAP01";
+/// Version 2 stores the processor names; version 1 (positional, read as the configured order)
+/// is still read.
+const SNAPSHOT_MAGIC: &[u8; 8] = b"PGSNAP02";
+const SNAPSHOT_MAGIC_V1: &[u8; 8] = b"PGSNAP01";
 /// id 16 + cents 8 + accepted_at 8 + status 1 + processor 1 + requested_at 8.
 const SNAPSHOT_ENTRY_BYTES: usize = 42;
 
@@ -116,6 +156,10 @@ fn encode_snapshot(state: &State) -> Vec<u8> {
     let mut out = Vec::with_capacity(20 + state.len() * SNAPSHOT_ENTRY_BYTES + 4);
     out.extend_from_slice(SNAPSHOT_MAGIC);
     out.extend_from_slice(&(state.processors() as u32).to_le_bytes());
+    for name in state.names() {
+        out.push(name.len() as u8);
+        out.extend_from_slice(name.as_bytes());
+    }
     out.extend_from_slice(&(state.len() as u64).to_le_bytes());
     for (id, p) in state.payments() {
         let (tag, processor, at) = match p.status {
@@ -135,8 +179,8 @@ fn encode_snapshot(state: &State) -> Vec<u8> {
     out
 }
 
-fn decode_snapshot(bytes: &[u8], processors: usize) -> Result<State, String> {
-    if bytes.len() < 24 || &bytes[..8] != SNAPSHOT_MAGIC {
+fn decode_snapshot(bytes: &[u8], names: &[String]) -> Result<State, String> {
+    if bytes.len() < 24 || !(&bytes[..8] == SNAPSHOT_MAGIC || &bytes[..8] == SNAPSHOT_MAGIC_V1) {
         return Err("not a paygate snapshot".into());
     }
     let (body, crc) = bytes.split_at(bytes.len() - 4);
@@ -144,12 +188,29 @@ fn decode_snapshot(bytes: &[u8], processors: usize) -> Result<State, String> {
         return Err("checksum mismatch".into());
     }
     let stored_processors = u32::from_le_bytes(body[8..12].try_into().expect("4")) as usize;
-    if stored_processors != processors {
-        return Err(format!("written for {stored_processors} processors, {processors} configured"));
+    let mut state = State::new(names);
+    let mut rest = &body[12..];
+    let map: Vec<ProcessorIdx> = if &bytes[..8] == SNAPSHOT_MAGIC_V1 {
+        if stored_processors != names.len() {
+            return Err(format!("written for {stored_processors} processors, {} configured", names.len()));
+        }
+        (0..names.len() as ProcessorIdx).collect()
+    } else {
+        let mut stored = Vec::with_capacity(stored_processors);
+        for _ in 0..stored_processors {
+            let (&len, tail) = rest.split_first().ok_or("truncated processor table")?;
+            let (name, tail) = tail.split_at_checked(usize::from(len)).ok_or("truncated processor table")?;
+            stored.push(std::str::from_utf8(name).map_err(|_| "processor name is not UTF-8")?.to_string());
+            rest = tail;
+        }
+        name_map(&mut state, &stored)?
+    };
+    if rest.len() < 8 {
+        return Err("truncated".into());
     }
-    let count = u64::from_le_bytes(body[12..20].try_into().expect("8")) as usize;
-    let entries = &body[20..];
-    if entries.len() != count * SNAPSHOT_ENTRY_BYTES {
+    let count = u64::from_le_bytes(rest[..8].try_into().expect("8")) as usize;
+    let entries = &rest[8..];
+    if Some(entries.len()) != count.checked_mul(SNAPSHOT_ENTRY_BYTES) {
         return Err("length does not match its entry count".into());
     }
     let mut payments = Vec::with_capacity(count);
@@ -157,24 +218,22 @@ fn decode_snapshot(bytes: &[u8], processors: usize) -> Result<State, String> {
         let u64_at = |i: usize| u64::from_le_bytes(e[i..i + 8].try_into().expect("8"));
         let id = CorrelationId(u128::from_le_bytes(e[0..16].try_into().expect("16")));
         let cents = Cents::new(u64_at(16)).ok_or("amount out of range")?;
-        let (processor, at) = (e[33], UtcMillis(u64_at(34) as i64));
-        if usize::from(processor) >= processors {
-            return Err("unknown processor".into());
-        }
+        let at = UtcMillis(u64_at(34) as i64);
+        let processor = || map.get(usize::from(e[33])).copied().ok_or("unknown processor");
         let status = match e[32] {
             0 => Status::Pending,
-            1 => Status::Sent { processor, requested_at: at },
-            2 => Status::Processed { processor, requested_at: at },
+            1 => Status::Sent { processor: processor()?, requested_at: at },
+            2 => Status::Processed { processor: processor()?, requested_at: at },
             _ => return Err("unknown payment status".into()),
         };
-        payments.push((id, Payment { cents, accepted_at: UtcMillis(u64_at(24) as i64), status }));
+        payments.push((id, Payment { cents, accepted_at: UtcMillis(u64_at(24) as i64), status, ticket: 0 }));
     }
-    Ok(State::restore(processors, payments))
+    Ok(State::restore(state.names(), payments))
 }
 
-fn load_snapshot(path: &Path, processors: usize) -> Result<State, RecoveryError> {
+fn load_snapshot(path: &Path, names: &[String]) -> Result<State, RecoveryError> {
     let bytes = std::fs::read(path).map_err(|e| RecoveryError::Io(path.to_path_buf(), e))?;
-    decode_snapshot(&bytes, processors).map_err(|e| RecoveryError::BadSnapshot(path.to_path_buf(), e))
+    decode_snapshot(&bytes, names).map_err(|e| RecoveryError::BadSnapshot(path.to_path_buf(), e))
 }
 
 /// Writes the snapshot atomically: a temporary file, fsync, rename, fsync of the directory.
@@ -192,7 +251,7 @@ pub fn write_snapshot(dir: &Path, seq: u64, state: &State) -> std::io::Result<Pa
 
 /// Starts the compactor: for each new segment number it hears of, it folds every older
 /// segment into a snapshot and deletes them. Returns the channel the journal reports to.
-pub fn spawn_compactor(dir: PathBuf, processors: usize, dir_lock: Arc<Mutex<()>>) -> std::io::Result<mpsc::Sender<u64>> {
+pub fn spawn_compactor(dir: PathBuf, names: Vec<String>, dir_lock: Arc<Mutex<()>>) -> std::io::Result<mpsc::Sender<u64>> {
     let (tx, rx) = mpsc::channel::<u64>();
     std::thread::Builder::new().name("journal-compactor".into()).spawn(move || {
         while let Ok(mut upto) = rx.recv() {
@@ -200,7 +259,7 @@ pub fn spawn_compactor(dir: PathBuf, processors: usize, dir_lock: Arc<Mutex<()>>
             while let Ok(later) = rx.try_recv() {
                 upto = later;
             }
-            if let Err(e) = compact(&dir, processors, upto, &dir_lock) {
+            if let Err(e) = compact(&dir, &names, upto, &dir_lock) {
                 tracing::warn!(error = %e, upto, "journal compaction failed; segments are kept");
             }
         }
@@ -208,14 +267,14 @@ pub fn spawn_compactor(dir: PathBuf, processors: usize, dir_lock: Arc<Mutex<()>>
     Ok(tx)
 }
 
-fn compact(dir: &Path, processors: usize, upto: u64, dir_lock: &Mutex<()>) -> Result<(), String> {
+fn compact(dir: &Path, names: &[String], upto: u64, dir_lock: &Mutex<()>) -> Result<(), String> {
     let started = std::time::Instant::now();
     let listing = file::list(dir).map_err(|e| e.to_string())?;
     let consumed: Vec<_> = listing.segments.iter().filter(|(s, _)| *s < upto).cloned().collect();
     if consumed.is_empty() {
         return Ok(());
     }
-    let (state, replayed) = replay(&listing, processors, upto, false).map_err(|e| e.to_string())?;
+    let (state, replayed) = replay(&listing, names, upto, false).map_err(|e| e.to_string())?;
     let _guard = dir_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     // A purge while we read deletes these files; our snapshot would resurrect what it purged.
     if consumed.iter().any(|(_, p)| !p.exists()) {
@@ -243,8 +302,12 @@ impl Completion for Wait {
 mod tests {
     use super::*;
 
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|n| n.to_string()).collect()
+    }
+
     fn sample_state() -> State {
-        let mut s = State::new(2);
+        let mut s = State::new(&["default", "fallback"]);
         for i in 0..50u128 {
             let id = CorrelationId(i);
             s.apply(&Event::Accepted { id, cents: Cents::new(100 + i as u64).unwrap(), accepted_at: UtcMillis(1_000 + i as i64) }).unwrap();
@@ -261,15 +324,26 @@ mod tests {
     #[test]
     fn snapshot_encode_decode_preserves_state() {
         let s = sample_state();
-        let back = decode_snapshot(&encode_snapshot(&s), 2).unwrap();
+        let back = decode_snapshot(&encode_snapshot(&s), &names(&["default", "fallback"])).unwrap();
         assert_eq!(back, s);
+    }
+
+    #[test]
+    fn snapshot_is_read_by_processor_name_whatever_the_configured_order() {
+        let s = sample_state();
+        let back = decode_snapshot(&encode_snapshot(&s), &names(&["fallback", "default"])).unwrap();
+        assert_eq!(back.names(), &names(&["fallback", "default"])[..]);
+        assert_eq!(back.summary(None, None), s.summary(None, None).into_iter().rev().collect::<Vec<_>>());
+        // A processor no longer configured keeps its history, after the configured ones.
+        let back = decode_snapshot(&encode_snapshot(&s), &names(&["fallback"])).unwrap();
+        assert_eq!(back.names(), &names(&["fallback", "default"])[..]);
+        assert_eq!(back.unresolved_at(1), s.unresolved_at(0));
     }
 
     #[test]
     fn damaged_snapshot_is_refused() {
         let mut bytes = encode_snapshot(&sample_state());
         bytes[40] ^= 1;
-        assert!(decode_snapshot(&bytes, 2).is_err());
-        assert!(decode_snapshot(&encode_snapshot(&sample_state()), 3).is_err());
+        assert!(decode_snapshot(&bytes, &names(&["default", "fallback"])).is_err());
     }
 }

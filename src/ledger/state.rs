@@ -52,12 +52,25 @@ pub enum Status {
     Processed { processor: ProcessorIdx, requested_at: UtcMillis },
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug)]
 pub struct Payment {
     pub cents: Cents,
     pub accepted_at: UtcMillis,
     pub status: Status,
+    /// Which work item may act on this payment (in memory only, never journaled): dispatch's
+    /// commands must carry it, so that an item replaced after a journal repair, or one of a
+    /// payment purged and accepted again, can change nothing.
+    pub ticket: u64,
 }
+
+/// Payments are equal when their journaled facts are; tickets are a property of one process.
+impl PartialEq for Payment {
+    fn eq(&self, other: &Payment) -> bool {
+        (self.cents, self.accepted_at, self.status) == (other.cents, other.accepted_at, other.status)
+    }
+}
+
+impl Eq for Payment {}
 
 /// An event that does not fit the state: a defect, or a journal that is not ours.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -69,17 +82,23 @@ pub struct ApplyError {
 
 #[derive(Clone, Debug)]
 pub struct State {
+    /// Processor names; a [`ProcessorIdx`] indexes this list. The configured processors come
+    /// first, in their order; processors known only from the journal follow.
+    names: Vec<String>,
     payments: IdMap<Payment>,
     summaries: Vec<SummaryIndex>,
     /// Payments accepted and not yet processed.
     unfinished: usize,
+    /// The ticket the next accepted payment gets; never reset, not even by a purge.
+    next_ticket: u64,
 }
 
 /// Two states are equal when they hold the same payments; the summaries derive from them,
 /// and their totals are compared as a cross-check.
 impl PartialEq for State {
     fn eq(&self, other: &State) -> bool {
-        self.payments == other.payments
+        self.names == other.names
+            && self.payments == other.payments
             && self.unfinished == other.unfinished
             && self.summaries.len() == other.summaries.len()
             && self.summaries.iter().zip(&other.summaries).all(|(a, b)| a.total() == b.total())
@@ -87,14 +106,18 @@ impl PartialEq for State {
 }
 
 impl State {
-    pub fn new(processors: usize) -> State {
-        State { payments: IdMap::default(), summaries: vec![SummaryIndex::new(); processors], unfinished: 0 }
+    /// An empty state over these processors (cheapest first).
+    pub fn new<S: AsRef<str>>(names: &[S]) -> State {
+        let names: Vec<String> = names.iter().map(|n| n.as_ref().to_string()).collect();
+        assert!(names.len() <= usize::from(ProcessorIdx::MAX), "at most 255 processors");
+        State { summaries: vec![SummaryIndex::new(); names.len()], names, payments: IdMap::default(), unfinished: 0, next_ticket: 1 }
     }
 
-    /// Rebuilds a state from its payments (a snapshot). Processed payments enter the summary
-    /// index in `requestedAt` order, the index's cheap path.
-    pub fn restore(processors: usize, payments: Vec<(CorrelationId, Payment)>) -> State {
-        let mut s = State::new(processors);
+    /// Rebuilds a state from its payments (a snapshot), whose processor indices refer to
+    /// `names`. Processed payments enter the summary index in `requestedAt` order, the index's
+    /// cheap path.
+    pub fn restore(names: &[String], payments: Vec<(CorrelationId, Payment)>) -> State {
+        let mut s = State::new(names);
         let mut processed = Vec::new();
         s.payments.reserve(payments.len());
         for (id, p) in payments {
@@ -102,7 +125,8 @@ impl State {
                 Status::Processed { processor, requested_at } => processed.push((requested_at, processor, p.cents)),
                 _ => s.unfinished += 1,
             }
-            s.payments.insert(id.0, p);
+            s.payments.insert(id.0, Payment { ticket: s.next_ticket, ..p });
+            s.next_ticket += 1;
         }
         processed.sort_unstable_by_key(|(at, ..)| *at);
         for (at, processor, cents) in processed {
@@ -113,6 +137,30 @@ impl State {
 
     pub fn processors(&self) -> usize {
         self.summaries.len()
+    }
+
+    /// Processor names, indexed by [`ProcessorIdx`].
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// The index of processor `name`, added (after every other) if this state has not seen it.
+    /// `None` when 255 processors are known already.
+    pub fn processor_index(&mut self, name: &str) -> Option<ProcessorIdx> {
+        if let Some(i) = self.names.iter().position(|n| n == name) {
+            return Some(i as ProcessorIdx);
+        }
+        if self.names.len() >= usize::from(ProcessorIdx::MAX) {
+            return None;
+        }
+        self.names.push(name.to_string());
+        self.summaries.push(SummaryIndex::new());
+        Some((self.names.len() - 1) as ProcessorIdx)
+    }
+
+    /// Payments sent to `processor` whose outcome there is not known yet.
+    pub fn unresolved_at(&self, processor: ProcessorIdx) -> usize {
+        self.payments.values().filter(|p| matches!(p.status, Status::Sent { processor: s, .. } if s == processor)).count()
     }
 
     pub fn get(&self, id: CorrelationId) -> Option<&Payment> {
@@ -135,6 +183,45 @@ impl State {
         self.payments.iter().map(|(&k, v)| (CorrelationId(k), v))
     }
 
+    /// The ticket the next accepted payment will get.
+    pub fn next_ticket(&self) -> u64 {
+        self.next_ticket
+    }
+
+    /// Takes over the tickets of `old` (the state before a journal repair) for every payment
+    /// the disk holds exactly as `old` did, so their work items stay valid; every other
+    /// unfinished payment, and those in `orphans` (whose item ended while the journal was
+    /// failed), gets a fresh ticket. Returns the unfinished payments with fresh tickets: they
+    /// need a new work item, and nothing else does.
+    pub fn adopt_tickets(&mut self, old: &State, orphans: &[CorrelationId]) -> Vec<CorrelationId> {
+        let mut next = self.next_ticket.max(old.next_ticket);
+        let mut fresh = Vec::new();
+        for (id, p) in self.payments.iter_mut() {
+            match old.payments.get(id) {
+                Some(o) if o == p => p.ticket = o.ticket,
+                _ => {
+                    p.ticket = next;
+                    next += 1;
+                    if !matches!(p.status, Status::Processed { .. }) {
+                        fresh.push(CorrelationId(*id));
+                    }
+                }
+            }
+        }
+        for id in orphans {
+            if let Some(p) = self.payments.get_mut(&id.0)
+                && !matches!(p.status, Status::Processed { .. })
+                && old.payments.get(&id.0).is_some_and(|o| o.ticket == p.ticket)
+            {
+                p.ticket = next;
+                next += 1;
+                fresh.push(*id);
+            }
+        }
+        self.next_ticket = next;
+        fresh
+    }
+
     /// Per-processor totals of processed payments with `from <= requestedAt <= to`.
     pub fn summary(&self, from: Option<UtcMillis>, to: Option<UtcMillis>) -> Vec<Totals> {
         self.summaries.iter().map(|s| s.range(from, to)).collect()
@@ -147,7 +234,8 @@ impl State {
                 if let Some(p) = self.payments.get(&id.0) {
                     return Err(bad(Some(p)));
                 }
-                self.payments.insert(id.0, Payment { cents, accepted_at, status: Status::Pending });
+                self.payments.insert(id.0, Payment { cents, accepted_at, status: Status::Pending, ticket: self.next_ticket });
+                self.next_ticket += 1;
                 self.unfinished += 1;
             }
             Event::Intent { id, processor, requested_at } => {
@@ -195,7 +283,7 @@ mod tests {
 
     #[test]
     fn payment_moves_forward_to_processed() {
-        let mut s = State::new(2);
+        let mut s = State::new(&["default", "fallback"]);
         s.apply(&accepted()).unwrap();
         s.apply(&Event::Intent { id: ID, processor: 0, requested_at: UtcMillis(2_000) }).unwrap();
         s.apply(&Event::Processed { id: ID, processor: 0, requested_at: UtcMillis(2_000) }).unwrap();
@@ -206,7 +294,7 @@ mod tests {
 
     #[test]
     fn rejection_returns_payment_to_pending_for_another_processor() {
-        let mut s = State::new(2);
+        let mut s = State::new(&["default", "fallback"]);
         s.apply(&accepted()).unwrap();
         s.apply(&Event::Intent { id: ID, processor: 0, requested_at: UtcMillis(2_000) }).unwrap();
         s.apply(&Event::Rejected { id: ID, processor: 0 }).unwrap();
@@ -217,7 +305,7 @@ mod tests {
 
     #[test]
     fn backward_or_foreign_moves_are_refused() {
-        let mut s = State::new(2);
+        let mut s = State::new(&["default", "fallback"]);
         assert!(s.apply(&Event::Intent { id: ID, processor: 0, requested_at: UtcMillis(1) }).is_err());
         s.apply(&accepted()).unwrap();
         assert!(s.apply(&accepted()).is_err());
@@ -231,7 +319,7 @@ mod tests {
 
     #[test]
     fn purge_forgets_everything() {
-        let mut s = State::new(1);
+        let mut s = State::new(&["default"]);
         s.apply(&accepted()).unwrap();
         s.apply(&Event::Purged).unwrap();
         assert!(s.is_empty());

@@ -3,13 +3,13 @@
 //! may go to the next one (SPEC §3.4).
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::breaker::{Admit, Breaker};
+use super::breaker::{Admit, Breaker, OPEN_COOLDOWN_MS, Permit, Phase};
 use super::client::ProcessorClient;
 use super::{Outcome, ProcessorIdx};
 use crate::domain::UtcMillis;
@@ -21,6 +21,8 @@ pub struct Upstream {
     breaker: Mutex<Breaker>,
     /// The last `minResponseTime` its health endpoint reported, in ms.
     pub min_response_ms: AtomicU64,
+    /// Payments whose outcome here is unknown, held by the resolver until it learns it.
+    pub pinned: AtomicUsize,
 }
 
 pub struct Router {
@@ -33,17 +35,25 @@ pub struct Router {
 /// The router's answer for one payment now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Route {
-    Go(ProcessorIdx),
+    Go(ProcessorIdx, Permit),
     /// Nothing admits the payment yet; ask again at this instant or on a change.
     Wait(Option<Instant>),
 }
 
 impl Router {
-    pub fn new(upstreams: Vec<(String, ProcessorClient)>, max_defer: Duration) -> Router {
+    /// `probe_timeout`: how long a probe may stay out before it counts as failed (longer than
+    /// the upstream timeout).
+    pub fn new(upstreams: Vec<(String, ProcessorClient)>, max_defer: Duration, probe_timeout: Duration) -> Router {
         assert!(!upstreams.is_empty() && upstreams.len() <= usize::from(ProcessorIdx::MAX));
         let upstreams = upstreams
             .into_iter()
-            .map(|(name, client)| Upstream { name, client, breaker: Mutex::default(), min_response_ms: AtomicU64::new(0) })
+            .map(|(name, client)| Upstream {
+                name,
+                client,
+                breaker: Mutex::new(Breaker::new(probe_timeout)),
+                min_response_ms: AtomicU64::new(0),
+                pinned: AtomicUsize::new(0),
+            })
             .collect();
         Router { upstreams, max_defer, changed: Notify::new() }
     }
@@ -56,16 +66,19 @@ impl Router {
         &self.upstreams[usize::from(idx)]
     }
 
+    fn breaker(&self, idx: ProcessorIdx) -> std::sync::MutexGuard<'_, Breaker> {
+        self.upstream(idx).breaker.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn route(&self, accepted_at: UtcMillis) -> Route {
         let now = Instant::now();
         let defer_left_ms = accepted_at.0 + self.max_defer.as_millis() as i64 - UtcMillis::now().0;
         let mut wake: Option<Instant> = None;
         let mut earliest = |t: Instant| wake = Some(wake.map_or(t, |w| w.min(t)));
-        for (idx, u) in self.upstreams.iter().enumerate() {
-            match u.breaker.lock().expect("breaker lock").admit(now) {
-                Admit::Yes => return Route::Go(idx as ProcessorIdx),
+        for idx in 0..self.upstreams.len() as ProcessorIdx {
+            match self.breaker(idx).admit(now) {
+                Admit::Yes(permit) => return Route::Go(idx, permit),
                 Admit::NotBefore(t) => earliest(t),
-                Admit::ProbeInFlight => {}
             }
             if defer_left_ms > 0 {
                 earliest(now + Duration::from_millis(defer_left_ms as u64));
@@ -75,14 +88,15 @@ impl Router {
         Route::Wait(wake)
     }
 
-    /// Waits until some processor admits a payment accepted at `accepted_at`.
-    pub async fn wait_route(&self, accepted_at: UtcMillis) -> ProcessorIdx {
+    /// Waits until some processor admits a payment accepted at `accepted_at`. The permit must
+    /// end in exactly one of [`Router::report`] or [`Router::abandon`].
+    pub async fn wait_route(&self, accepted_at: UtcMillis) -> (ProcessorIdx, Permit) {
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             match self.route(accepted_at) {
-                Route::Go(idx) => return idx,
+                Route::Go(idx, permit) => return (idx, permit),
                 Route::Wait(Some(t)) => {
                     tokio::select! {
                         _ = notified => {}
@@ -94,13 +108,14 @@ impl Router {
         }
     }
 
-    /// Feeds the outcome of a real request to the processor's breaker.
-    pub fn report(&self, idx: ProcessorIdx, outcome: Outcome) {
-        let mut b = self.upstream(idx).breaker.lock().expect("breaker lock");
+    /// Feeds the outcome of a request to the processor's breaker; `permit` is the one
+    /// [`Router::wait_route`] gave, or [`Permit::UNADMITTED`] for a re-send.
+    pub fn report(&self, idx: ProcessorIdx, permit: Permit, outcome: Outcome) {
+        let mut b = self.breaker(idx);
         let was_closed = b.is_closed();
         let changed = match outcome {
-            Outcome::Recorded | Outcome::Duplicate => b.success(),
-            Outcome::NotRecorded | Outcome::Unknown => b.failure(Instant::now()),
+            Outcome::Recorded | Outcome::Duplicate => b.success(permit),
+            Outcome::NotRecorded | Outcome::Unknown => b.failure(permit, Instant::now()),
         };
         let closed = b.is_closed();
         drop(b);
@@ -116,13 +131,9 @@ impl Router {
         }
     }
 
-    /// A request admitted by [`Router::wait_route`] was never sent; free a probe slot.
-    pub fn abandon(&self, idx: ProcessorIdx) {
-        let mut b = self.upstream(idx).breaker.lock().expect("breaker lock");
-        if !b.is_closed() {
-            b.health_ok();
-            // A half-open breaker whose probe was abandoned may probe again.
-            drop(b);
+    /// A request admitted by [`Router::wait_route`] was never sent; frees its probe slot.
+    pub fn abandon(&self, idx: ProcessorIdx, permit: Permit) {
+        if self.breaker(idx).abandon(permit) {
             self.changed.notify_waiters();
         }
     }
@@ -131,7 +142,7 @@ impl Router {
     pub fn health_report(&self, idx: ProcessorIdx, failing: bool, min_response_ms: u64) {
         let u = self.upstream(idx);
         u.min_response_ms.store(min_response_ms, Ordering::Relaxed);
-        let mut b = u.breaker.lock().expect("breaker lock");
+        let mut b = self.breaker(idx);
         let changed = if failing { b.health_failing(Instant::now()) } else { b.health_ok() };
         drop(b);
         if changed {
@@ -142,6 +153,49 @@ impl Router {
 
     /// Whether the processor's breaker is closed (requests flow freely).
     pub fn is_healthy(&self, idx: ProcessorIdx) -> bool {
-        self.upstream(idx).breaker.lock().expect("breaker lock").is_closed()
+        self.breaker(idx).is_closed()
+    }
+
+    /// The breaker's state, for `/health` and logs.
+    pub fn phase(&self, idx: ProcessorIdx) -> Phase {
+        self.breaker(idx).phase()
+    }
+
+    /// The prober of one processor: while its breaker is open, once per cool-down, asks the
+    /// processor for a payment that does not exist (`GET /payments/{nil id}`), which records
+    /// nothing. Any answer lets one real payment probe; no answer keeps the breaker open, so a
+    /// processor that hangs gets no new payment pinned to it.
+    pub async fn probe_forever(&self, idx: ProcessorIdx) {
+        let probe_id = crate::domain::CorrelationId(0);
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let next = self.breaker(idx).start_check(Instant::now());
+            match next {
+                Some(t) if t <= Instant::now() => {
+                    let answered = !matches!(self.upstream(idx).client.lookup(probe_id).await, super::client::Lookup::Unavailable);
+                    let mut b = self.breaker(idx);
+                    let changed = answered && b.check_ok();
+                    if !answered {
+                        b.check_failed(Instant::now());
+                    }
+                    drop(b);
+                    if changed {
+                        tracing::debug!(processor = %self.upstream(idx).name, "processor answers a check; one payment may probe");
+                        self.changed.notify_waiters();
+                    }
+                }
+                // A probe that expires changes the state without a notification: look again
+                // at least once per cool-down.
+                later => {
+                    let t = later.unwrap_or_else(|| Instant::now() + Duration::from_millis(OPEN_COOLDOWN_MS));
+                    tokio::select! {
+                        _ = notified => {}
+                        _ = tokio::time::sleep_until(t) => {}
+                    }
+                }
+            }
+        }
     }
 }
