@@ -5,13 +5,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use super::Outcome;
+use super::health::retry_after_s;
 use crate::domain::time::Rounding;
 use crate::domain::{Cents, CorrelationId, UtcMillis};
 
@@ -29,7 +30,8 @@ pub enum Health {
         failing: bool,
         min_response_ms: u64,
     },
-    /// 429: rate-limited; ask again no sooner than this many seconds.
+    /// 429: rate-limited; ask again no sooner than this many seconds (the processor's
+    /// `Retry-After`, clamped by [`super::health::retry_after_s`]).
     RateLimited {
         retry_after_s: u64,
     },
@@ -137,7 +139,7 @@ impl ProcessorClient {
                 serde_json::from_slice::<Report>(&body)
                     .map_or(Health::Unavailable, |r| Health::Report { failing: r.failing, min_response_ms: r.min_response_time })
             }
-            (StatusCode::TOO_MANY_REQUESTS, retry_after) => Health::RateLimited { retry_after_s: retry_after.unwrap_or(5) },
+            (StatusCode::TOO_MANY_REQUESTS, retry_after_s) => Health::RateLimited { retry_after_s },
             _ => Health::Unavailable,
         }
     }
@@ -146,16 +148,15 @@ impl ProcessorClient {
         self.get_with_headers(path).await.map(|((s, _), b)| (s, b))
     }
 
-    /// A GET under the timeout; returns the status, the `Retry-After` seconds if any, and the
-    /// body.
-    async fn get_with_headers(&self, path: &str) -> Option<((StatusCode, Option<u64>), Bytes)> {
+    /// A GET under the timeout; returns the status, the `Retry-After` seconds (clamped; see
+    /// [`retry_after_s`]), and the body.
+    async fn get_with_headers(&self, path: &str) -> Option<((StatusCode, u64), Bytes)> {
         let mut req = Request::new(Full::new(Bytes::new()));
         *req.uri_mut() = self.uri(path);
         let fut = async {
             let resp = self.client.request(req).await.ok()?;
             let status = resp.status();
-            let retry_after =
-                resp.headers().get(hyper::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
+            let retry_after = retry_after_s(resp.headers().get(RETRY_AFTER).map(HeaderValue::as_bytes));
             let body = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER_BYTES).collect().await.ok()?.to_bytes();
             Some(((status, retry_after), body))
         };
