@@ -1,17 +1,25 @@
 //! The HTTP client for one upstream processor: pooled keep-alive HTTP/1.1 connections, a
 //! timeout on every request, and the mapping of answers to [`Outcome`]s (SPEC §4).
+//!
+//! Everything a processor sends is untrusted input. An answer is judged by its status as soon
+//! as its head arrives; a body is read only up to [`MAX_ANSWER_BYTES`] and only within the
+//! request's timeout, so a huge or dripping body can neither exhaust memory nor turn a clear
+//! status into an unknown outcome. Anything the API does not define proves nothing.
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::header::{CONTENT_TYPE, HeaderValue};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
 use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use tokio::time::Instant;
 
 use super::Outcome;
+use super::health::retry_after_s;
 use crate::domain::time::Rounding;
 use crate::domain::{Cents, CorrelationId, UtcMillis};
 
@@ -29,7 +37,8 @@ pub enum Health {
         failing: bool,
         min_response_ms: u64,
     },
-    /// 429: rate-limited; ask again no sooner than this many seconds.
+    /// 429: rate-limited; ask again no sooner than this many seconds (the processor's
+    /// `Retry-After`, clamped by [`super::health::retry_after_s`]).
     RateLimited {
         retry_after_s: u64,
     },
@@ -84,28 +93,30 @@ impl ProcessorClient {
         *req.method_mut() = Method::POST;
         *req.uri_mut() = self.uri("/payments");
         req.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        let fut = async {
-            let resp = self.client.request(req).await?;
-            let status = resp.status();
-            // Drain the answer so the connection goes back to the pool.
-            let _ = resp.into_body().collect().await;
-            Ok::<_, hyper_util::client::legacy::Error>(status)
-        };
-        match tokio::time::timeout(self.timeout, fut).await {
-            Ok(Ok(status)) => classify(status),
+        let started = Instant::now();
+        let resp = match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+            Ok(Ok(resp)) => resp,
             // The request never left: nothing can have been recorded.
-            Ok(Err(e)) if e.is_connect() => Outcome::NotRecorded,
-            Ok(Err(_)) | Err(_) => Outcome::Unknown,
-        }
+            Ok(Err(e)) if e.is_connect() => return Outcome::NotRecorded,
+            // Not HTTP, closed after the request was written, or no head in time: the
+            // processor may have recorded it.
+            Ok(Err(_)) | Err(_) => return Outcome::Unknown,
+        };
+        // The status is the whole answer, and it is known now: a body that is huge, slow or
+        // broken must not turn a clear answer into an unknown one.
+        let outcome = classify(resp.status());
+        let _ = self.read_body(resp.into_body(), started).await;
+        outcome
     }
 
-    /// `GET /payments/{id}`: what the processor recorded, if anything.
+    /// `GET /payments/{id}`: what the processor recorded, if anything. Only a record we can
+    /// read proves it was recorded, and when.
     pub async fn lookup(&self, id: CorrelationId) -> Lookup {
-        let Some((status, body)) = self.get(&format!("/payments/{id}")).await else {
+        let Some((status, _, body)) = self.get(&format!("/payments/{id}")).await else {
             return Lookup::Unavailable;
         };
-        match status {
-            StatusCode::OK => {
+        match (status, body) {
+            (StatusCode::OK, Some(body)) => {
                 #[derive(serde::Deserialize)]
                 struct Record<'a> {
                     #[serde(rename = "requestedAt", borrow)]
@@ -116,18 +127,19 @@ impl ProcessorClient {
                     .and_then(|r| UtcMillis::parse_rfc3339(r.requested_at.as_bytes(), Rounding::Floor))
                     .map_or(Lookup::Unavailable, |requested_at| Lookup::Found { requested_at })
             }
-            StatusCode::NOT_FOUND => Lookup::NotFound,
+            (StatusCode::NOT_FOUND, _) => Lookup::NotFound,
             _ => Lookup::Unavailable,
         }
     }
 
-    /// `GET /payments/service-health`.
+    /// `GET /payments/service-health`. A report must be exactly the documented shape (a
+    /// negative or fractional `minResponseTime` is not); a 429's `Retry-After` is clamped.
     pub async fn health(&self) -> Health {
-        let Some((status, body)) = self.get_with_headers("/payments/service-health").await else {
+        let Some((status, headers, body)) = self.get("/payments/service-health").await else {
             return Health::Unavailable;
         };
-        match status {
-            (StatusCode::OK, _) => {
+        match (status, body) {
+            (StatusCode::OK, Some(body)) => {
                 #[derive(serde::Deserialize)]
                 struct Report {
                     failing: bool,
@@ -137,42 +149,59 @@ impl ProcessorClient {
                 serde_json::from_slice::<Report>(&body)
                     .map_or(Health::Unavailable, |r| Health::Report { failing: r.failing, min_response_ms: r.min_response_time })
             }
-            (StatusCode::TOO_MANY_REQUESTS, retry_after) => Health::RateLimited { retry_after_s: retry_after.unwrap_or(5) },
+            (StatusCode::TOO_MANY_REQUESTS, _) => {
+                Health::RateLimited { retry_after_s: retry_after_s(headers.get(RETRY_AFTER).map(HeaderValue::as_bytes)) }
+            }
             _ => Health::Unavailable,
         }
     }
 
-    async fn get(&self, path: &str) -> Option<(StatusCode, Bytes)> {
-        self.get_with_headers(path).await.map(|((s, _), b)| (s, b))
-    }
-
-    /// A GET under the timeout; returns the status, the `Retry-After` seconds if any, and the
-    /// body.
-    async fn get_with_headers(&self, path: &str) -> Option<((StatusCode, Option<u64>), Bytes)> {
+    /// A GET under the timeout: the status and headers as soon as the head arrives, and the
+    /// body as [`ProcessorClient::read_body`] reads it. None when no head came in time.
+    async fn get(&self, path: &str) -> Option<(StatusCode, HeaderMap, Option<Bytes>)> {
         let mut req = Request::new(Full::new(Bytes::new()));
         *req.uri_mut() = self.uri(path);
-        let fut = async {
-            let resp = self.client.request(req).await.ok()?;
-            let status = resp.status();
-            let retry_after =
-                resp.headers().get(hyper::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
-            let body = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER_BYTES).collect().await.ok()?.to_bytes();
-            Some(((status, retry_after), body))
-        };
-        tokio::time::timeout(self.timeout, fut).await.ok().flatten()
+        let started = Instant::now();
+        let resp = tokio::time::timeout(self.timeout, self.client.request(req)).await.ok()?.ok()?;
+        let (parts, body) = resp.into_parts();
+        Some((parts.status, parts.headers, self.read_body(body, started).await))
+    }
+
+    /// Reads an answer's body, at most [`MAX_ANSWER_BYTES`] and within what is left of the
+    /// timeout that began at `started`. Reading it to the end lets the connection go back to
+    /// the pool; None when it is too long, too slow or broken, which only costs the connection
+    /// (dropping an unfinished body closes it).
+    async fn read_body(&self, body: Incoming, started: Instant) -> Option<Bytes> {
+        let left = self.timeout.saturating_sub(started.elapsed());
+        let collected = tokio::time::timeout(left, Limited::new(body, MAX_ANSWER_BYTES).collect()).await.ok()?.ok()?;
+        Some(collected.to_bytes())
     }
 }
 
-/// Maps a processor's status code to what it proves (SPEC §4).
+/// Maps a processor's status code to what it proves (SPEC §4). Only the answers the API
+/// defines, and refusals that come before any processing, prove anything; everything else is
+/// unknown, and a lookup on the same processor settles it.
 fn classify(status: StatusCode) -> Outcome {
     match status.as_u16() {
-        200..=299 => Outcome::Recorded,
+        // SPEC: recorded, and answered 200.
+        200 => Outcome::Recorded,
+        // SPEC: the processor already holds this correlationId.
         422 => Outcome::Duplicate,
-        // 500 is the processor's "failing, nothing recorded"; 429 is refused before work.
-        500 | 429 => Outcome::NotRecorded,
-        // 400/415/404: refused before recording; a defect on our side, which the caller logs.
+        // Not the processor's answer (a 1xx is not even final); a lookup proves it either way.
+        100..=199 | 201..=299 => Outcome::Unknown,
+        // We do not follow redirects; the lookup decides.
+        300..=399 => Outcome::Unknown,
+        // Some processors say "already have it" this way.
+        409 => Outcome::Unknown,
+        // 400, 401, 403, 404, 405, 408, 413, 415, 429, ...: refused before any processing.
         400..=499 => Outcome::NotRecorded,
-        // 502/503/504 may come from a proxy that did forward the request.
+        // SPEC: the failure mode records nothing; 501: the processor cannot take payments.
+        500 | 501 => Outcome::NotRecorded,
+        // 502, 503, 504: a proxy may have forwarded the request.
+        502..=504 => Outcome::Unknown,
+        // 507 and the rest: a failure the API does not define; it may have stored part of it.
+        505..=599 => Outcome::Unknown,
+        // Not an HTTP status at all.
         _ => Outcome::Unknown,
     }
 }
@@ -182,12 +211,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn status_codes_map_to_what_they_prove() {
-        assert_eq!(classify(StatusCode::OK), Outcome::Recorded);
-        assert_eq!(classify(StatusCode::UNPROCESSABLE_ENTITY), Outcome::Duplicate);
-        assert_eq!(classify(StatusCode::INTERNAL_SERVER_ERROR), Outcome::NotRecorded);
-        assert_eq!(classify(StatusCode::TOO_MANY_REQUESTS), Outcome::NotRecorded);
-        assert_eq!(classify(StatusCode::BAD_GATEWAY), Outcome::Unknown);
-        assert_eq!(classify(StatusCode::GATEWAY_TIMEOUT), Outcome::Unknown);
+    fn every_status_maps_to_what_it_proves() {
+        let from = |code: u16| classify(StatusCode::from_u16(code).expect("valid status"));
+        let rows: &[(&[u16], Outcome)] = &[
+            (&[200], Outcome::Recorded),
+            (&[422], Outcome::Duplicate),
+            (&[100, 103, 199], Outcome::Unknown),
+            (&[201, 202, 204, 206, 299], Outcome::Unknown),
+            (&[300, 301, 302, 304, 307, 308, 399], Outcome::Unknown),
+            (&[409], Outcome::Unknown),
+            (&[400, 401, 403, 404, 405, 408, 410, 413, 415, 421, 423, 429, 451, 499], Outcome::NotRecorded),
+            (&[500, 501], Outcome::NotRecorded),
+            (&[502, 503, 504], Outcome::Unknown),
+            (&[505, 507, 508, 511, 599], Outcome::Unknown),
+            (&[600, 700, 999], Outcome::Unknown),
+        ];
+        for (codes, want) in rows {
+            for &code in *codes {
+                assert_eq!(from(code), *want, "{code}");
+            }
+        }
+        // Every code hyper can represent lands in exactly one row above or in "other 4xx".
+        for code in 100..=999u16 {
+            let got = from(code);
+            let want = match code {
+                200 => Outcome::Recorded,
+                422 => Outcome::Duplicate,
+                400..=499 if code != 409 => Outcome::NotRecorded,
+                500 | 501 => Outcome::NotRecorded,
+                _ => Outcome::Unknown,
+            };
+            assert_eq!(got, want, "{code}");
+        }
     }
 }
