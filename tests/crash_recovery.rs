@@ -6,14 +6,12 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::procs::{Proc, TempDir};
 use common::{SIM_TOKEN, cents};
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
@@ -38,95 +36,6 @@ const UPSTREAM_TIMEOUT_MS: u64 = 1_000;
 const MAX_DEFER_MS: u64 = 1_000;
 const LOOKUP_WORKERS: usize = 32;
 
-static NEXT_DIR: AtomicU64 = AtomicU64::new(0);
-
-/// One child process that printed `... listening on ADDR`; killed with SIGKILL on drop.
-struct Proc {
-    child: Child,
-    url: String,
-}
-
-impl Proc {
-    /// Starts `paygate ARGS` and waits for the line `<ready> ADDR` on its stdout. Everything it
-    /// writes goes to `log` (its tracing output shares stdout with the listening line).
-    fn start(args: &[String], ready: &str, log: &Path) -> Proc {
-        let file = std::fs::File::create(log).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_paygate"))
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(file.try_clone().unwrap())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let prefix = format!("{ready} ");
-        // Keeps draining after the ready line so the child never blocks on a full pipe.
-        std::thread::spawn(move || {
-            let (mut lines, mut file) = (BufReader::new(stdout), file);
-            let mut line = String::new();
-            while lines.read_line(&mut line).unwrap_or(0) > 0 {
-                let _ = file.write_all(line.as_bytes());
-                if let Some(addr) = line.trim_end().strip_prefix(&prefix) {
-                    let _ = tx.send(addr.to_string());
-                    break;
-                }
-                line.clear();
-            }
-            let _ = std::io::copy(&mut lines, &mut file);
-        });
-        match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(addr) => Proc { child, url: format!("http://{addr}") },
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "`paygate {}` never said `{ready} ADDR`; log:\n{}",
-                    args.join(" "),
-                    std::fs::read_to_string(log).unwrap_or_default()
-                );
-            }
-        }
-    }
-
-    /// kill -9, then reap.
-    fn kill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The temp dir of one test run: data dir and process logs. Kept when the test fails.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        let n = NEXT_DIR.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("paygate-crash-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("data")).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("crash-recovery: keeping {} (data dir and process logs) for inspection", self.0.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
 /// The simulators and the current gateway; field order makes the gateway die before them.
 struct Cluster {
     gateway: Option<Proc>,
@@ -138,7 +47,7 @@ struct Cluster {
 
 impl Cluster {
     fn start() -> Cluster {
-        let dir = TempDir::new();
+        let dir = TempDir::new("crash");
         let sim = |fee: &str, name: &str| {
             let args = ["processor-sim", "--listen", "127.0.0.1:0", "--fee", fee].map(String::from);
             Proc::start(&args, "processor-sim listening on", &dir.0.join(format!("{name}.log")))

@@ -89,6 +89,9 @@ enum Msg<E, C> {
 pub struct Journal<E, C> {
     backend: Backend<E, C>,
     failures: Arc<AtomicU64>,
+    /// Woken by the writer when a write fails, so the owner notices without waiting for its
+    /// next submission.
+    failed: Arc<tokio::sync::Notify>,
 }
 
 enum Backend<E, C> {
@@ -99,7 +102,7 @@ enum Backend<E, C> {
 impl<E: Record, C: Completion> Journal<E, C> {
     /// A journal that keeps nothing: every event is "durable" at once. For tests and benches.
     pub fn in_memory() -> Journal<E, C> {
-        Journal { backend: Backend::Memory, failures: Arc::default() }
+        Journal { backend: Backend::Memory, failures: Arc::default(), failed: Arc::default() }
     }
 
     /// Starts a new segment `next_seq` in `opts.dir` and the writer thread.
@@ -108,7 +111,9 @@ impl<E: Record, C: Completion> Journal<E, C> {
         let (segment, len) = new_segment(&opts, next_seq)?;
         let (tx, rx) = mpsc::channel();
         let failures = Arc::<AtomicU64>::default();
+        let failed = Arc::<tokio::sync::Notify>::default();
         let writer = Writer {
+            failed_signal: failed.clone(),
             opts,
             seq: next_seq,
             segment,
@@ -120,7 +125,7 @@ impl<E: Record, C: Completion> Journal<E, C> {
             log: crate::logs::LogLimiter::new(std::time::Duration::from_millis(FAILURE_LOG_EVERY_MS)),
         };
         std::thread::Builder::new().name("journal-writer".into()).spawn(move || writer.run(rx))?;
-        Ok(Journal { backend: Backend::File(tx), failures })
+        Ok(Journal { backend: Backend::File(tx), failures, failed })
     }
 
     /// Appends `event` (or, with `None`, only waits for everything submitted before) and runs
@@ -139,6 +144,12 @@ impl<E: Record, C: Completion> Journal<E, C> {
     /// How many writes have failed so far; the ledger compares it to know when to recover.
     pub fn failures(&self) -> u64 {
         self.failures.load(Ordering::Acquire)
+    }
+
+    /// Resolves after a write failed (at once if one failed since the last call).
+    pub fn failed(&self) -> impl std::future::Future<Output = ()> + 'static {
+        let failed = self.failed.clone();
+        async move { failed.notified().await }
     }
 
     /// Asks the writer to cut the open segment back to its durable length, after everything
@@ -168,6 +179,7 @@ struct Writer {
     /// Bytes were written since the last sync (lazy records).
     unsynced: bool,
     failures: Arc<AtomicU64>,
+    failed_signal: Arc<tokio::sync::Notify>,
     buf: Vec<u8>,
     log: crate::logs::LogLimiter,
 }
@@ -224,6 +236,7 @@ impl Writer {
         {
             self.failed = true;
             self.failures.fetch_add(1, Ordering::AcqRel);
+            self.failed_signal.notify_one();
             if let Some(suppressed) = self.log.allow() {
                 tracing::error!(segment = %self.segment.path.display(), error = %e, suppressed, "journal write failed; payments are refused until it recovers");
             }

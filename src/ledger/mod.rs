@@ -321,8 +321,15 @@ impl Ledger {
     }
 
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
-        while let Some(cmd) = rx.recv().await {
-            self.handle(cmd);
+        let mut failed = Box::pin(self.journal.failed());
+        loop {
+            tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => self.handle(cmd),
+                    None => return,
+                },
+                () = &mut failed => failed = Box::pin(self.journal.failed()),
+            }
             if self.journal.failures() != self.seen_failures {
                 self.recover_journal(&mut rx).await;
             }

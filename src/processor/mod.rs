@@ -17,9 +17,10 @@ pub enum Outcome {
     Recorded,
     /// 422: the processor already had this correlation id.
     Duplicate,
-    /// The processor answered and certainly did not record this request (500, 429, or the
-    /// connection was never made).
+    /// The processor answered and certainly did not record this request (4xx other than
+    /// 409/422, 500, 501, or the connection was never made). See `client::classify`.
     NotRecorded,
-    /// Timeout, reset after sending, or an answer that proves nothing: it may record later.
+    /// Timeout, reset after sending, or an answer that proves nothing (other 2xx, 3xx, 409,
+    /// 502–504, other 5xx): it may be recorded, now or later; only a lookup tells.
     Unknown,
 }

@@ -2,6 +2,8 @@
 //! client, and exact summary comparison.
 #![allow(dead_code)]
 
+pub mod procs;
+
 use std::time::Duration;
 
 use bytes::Bytes;

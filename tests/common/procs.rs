@@ -1,0 +1,105 @@
+//! Real `paygate` processes for end-to-end tests: start one and wait for its listening line,
+//! signal it, kill it; and a temporary directory kept for inspection when a test fails.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+static NEXT_DIR: AtomicU64 = AtomicU64::new(0);
+
+/// One child process that printed `... listening on ADDR`; killed with SIGKILL on drop.
+pub struct Proc {
+    child: Child,
+    pub url: String,
+}
+
+impl Proc {
+    /// Starts `paygate ARGS` and waits for the line `<ready> ADDR` on its stdout. Everything it
+    /// writes goes to `log` (its tracing output shares stdout with the listening line).
+    pub fn start(args: &[String], ready: &str, log: &Path) -> Proc {
+        let file = std::fs::File::create(log).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_paygate"))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(file.try_clone().unwrap())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let prefix = format!("{ready} ");
+        // Keeps draining after the ready line so the child never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let (mut lines, mut file) = (BufReader::new(stdout), file);
+            let mut line = String::new();
+            while lines.read_line(&mut line).unwrap_or(0) > 0 {
+                let _ = file.write_all(line.as_bytes());
+                if let Some(addr) = line.trim_end().strip_prefix(&prefix) {
+                    let _ = tx.send(addr.to_string());
+                    break;
+                }
+                line.clear();
+            }
+            let _ = std::io::copy(&mut lines, &mut file);
+        });
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(addr) => Proc { child, url: format!("http://{addr}") },
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "`paygate {}` never said `{ready} ADDR`; log:\n{}",
+                    args.join(" "),
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+        }
+    }
+
+    /// kill -9, then reap.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Proc {
+    /// Sends `signal` (a name `kill` knows, e.g. `STOP`, `CONT`, `TERM`) to the process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status().unwrap();
+        assert!(status.success(), "kill -{signal} failed");
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The temp dir of one test run: data dir and process logs. Kept when the test fails.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let n = NEXT_DIR.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("paygate-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("keeping {} (data dir and process logs) for inspection", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
