@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::procs::{Proc, TempDir};
+use common::procs::{self, TempDir};
 use common::{Http, SIM_TOKEN, cents};
 use hyper::StatusCode;
 use paygate::domain::time::Rounding;
@@ -47,27 +47,9 @@ async fn sim_totals(http: &Http, sim: &str) -> (u64, u128) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_processor_frozen_with_sigstop_delays_only_the_payments_pinned_to_it() {
     let dir = TempDir::new("chaos");
-    let sim = |fee: &str, name: &str| {
-        let args = ["processor-sim", "--listen", "127.0.0.1:0", "--fee", fee].map(String::from);
-        Proc::start(&args, "processor-sim listening on", &dir.0.join(format!("{name}.log")))
-    };
-    let (default, fallback) = (sim("0.05", "default"), sim("0.15", "fallback"));
-    let args = [
-        "serve".to_string(),
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--data-dir".into(),
-        dir.0.join("data").to_str().unwrap().into(),
-        "--processor".into(),
-        format!("default={}", default.url),
-        "--processor".into(),
-        format!("fallback={}", fallback.url),
-        "--upstream-timeout-ms".into(),
-        UPSTREAM_TIMEOUT_MS.to_string(),
-        "--max-defer-ms".into(),
-        MAX_DEFER_MS.to_string(),
-    ];
-    let gateway = Proc::start(&args, "paygate listening on", &dir.0.join("gateway.log"));
+    let (default, fallback) = (procs::start_sim(&dir.0, "0.05", "default"), procs::start_sim(&dir.0, "0.15", "fallback"));
+    let log = dir.0.join("gateway.log");
+    let gateway = procs::start_gateway(&dir.0.join("data"), &default, &fallback, UPSTREAM_TIMEOUT_MS, MAX_DEFER_MS, &log);
     let http = Http::default();
     let started = Instant::now();
 

@@ -11,7 +11,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::procs::{Proc, TempDir};
+use common::procs::{self, Proc, TempDir};
 use common::{SIM_TOKEN, cents};
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
@@ -48,11 +48,7 @@ struct Cluster {
 impl Cluster {
     fn start() -> Cluster {
         let dir = TempDir::new("crash");
-        let sim = |fee: &str, name: &str| {
-            let args = ["processor-sim", "--listen", "127.0.0.1:0", "--fee", fee].map(String::from);
-            Proc::start(&args, "processor-sim listening on", &dir.0.join(format!("{name}.log")))
-        };
-        let (default, fallback) = (sim("0.05", "default"), sim("0.15", "fallback"));
+        let (default, fallback) = (procs::start_sim(&dir.0, "0.05", "default"), procs::start_sim(&dir.0, "0.15", "fallback"));
         let mut cluster = Cluster { gateway: None, default, fallback, dir, starts: 0 };
         cluster.start_gateway();
         cluster
@@ -61,22 +57,8 @@ impl Cluster {
     fn start_gateway(&mut self) -> String {
         assert!(self.gateway.is_none());
         let data = self.dir.0.join("data");
-        let args = [
-            "serve".to_string(),
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--data-dir".into(),
-            data.to_str().unwrap().into(),
-            "--processor".into(),
-            format!("default={}", self.default.url),
-            "--processor".into(),
-            format!("fallback={}", self.fallback.url),
-            "--upstream-timeout-ms".into(),
-            UPSTREAM_TIMEOUT_MS.to_string(),
-            "--max-defer-ms".into(),
-            MAX_DEFER_MS.to_string(),
-        ];
-        let gw = Proc::start(&args, "paygate listening on", &self.dir.0.join(format!("gateway-{}.log", self.starts)));
+        let log = self.dir.0.join(format!("gateway-{}.log", self.starts));
+        let gw = procs::start_gateway(&data, &self.default, &self.fallback, UPSTREAM_TIMEOUT_MS, MAX_DEFER_MS, &log);
         self.starts += 1;
         let url = gw.url.clone();
         self.gateway = Some(gw);

@@ -103,3 +103,30 @@ impl Drop for TempDir {
         }
     }
 }
+
+/// Starts `paygate processor-sim` at `fee` on a loopback port, logging to `dir/NAME.log`.
+pub fn start_sim(dir: &Path, fee: &str, name: &str) -> Proc {
+    let args = ["processor-sim", "--listen", "127.0.0.1:0", "--fee", fee].map(String::from);
+    Proc::start(&args, "processor-sim listening on", &dir.join(format!("{name}.log")))
+}
+
+/// Starts `paygate serve` on a loopback port over `default` and `fallback` with the given
+/// upstream timeout and defer deadline, its journal in `data`, logging to `log`.
+pub fn start_gateway(data: &Path, default: &Proc, fallback: &Proc, upstream_timeout_ms: u64, max_defer_ms: u64, log: &Path) -> Proc {
+    let args = [
+        "serve".to_string(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--data-dir".into(),
+        data.to_str().unwrap().into(),
+        "--processor".into(),
+        format!("default={}", default.url),
+        "--processor".into(),
+        format!("fallback={}", fallback.url),
+        "--upstream-timeout-ms".into(),
+        upstream_timeout_ms.to_string(),
+        "--max-defer-ms".into(),
+        max_defer_ms.to_string(),
+    ];
+    Proc::start(&args, "paygate listening on", log)
+}
