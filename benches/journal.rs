@@ -82,6 +82,7 @@ fn open(dir: &Path, fsync: bool, prealloc: bool) -> Journal<Event, Durable> {
         rotated: None,
         dir_lock: Arc::default(),
         segment_header: Vec::new(),
+        metrics: None,
     };
     Journal::open(opts, 0).expect("open journal")
 }

@@ -86,6 +86,7 @@ fn write_segment(dir: &Path, seq: u64, rng: &mut fastrand::Rng, from: u64, to: u
         rotated: None,
         dir_lock: Arc::default(),
         segment_header: Vec::new(),
+        metrics: None,
     };
     let mut journal = Journal::<Event, Wait>::open(opts, seq).expect("open journal");
     let (tx, rx) = mpsc::channel();

@@ -33,8 +33,9 @@ VARIANTS = {
     "cgu-16": {"env": {"CARGO_PROFILE_RELEASE_CODEGEN_UNITS": "16"}},
     "unwind": {"env": {"CARGO_PROFILE_RELEASE_PANIC": "unwind"}},
     "generic-cpu": {"rustflags": "-C target-cpu=x86-64"},
-    "system-alloc": {"cargo_args": ["--no-default-features", "--features", "fxhash,json-fast-path"]},
+    "system-alloc": {"cargo_args": ["--no-default-features", "--features", "foldhash,json-fast-path"]},
     "siphash": {"cargo_args": ["--no-default-features", "--features", "mimalloc,json-fast-path"]},
+    "fxhash": {"cargo_args": ["--no-default-features", "--features", "mimalloc,json-fast-path,fxhash"]},
     # Code changes, measured against the commit just before them.
     "before-lazy-sync": {"ref": "08d17f8"},
     "before-intent-at-accept": {"ref": "e1399a4"},
@@ -47,7 +48,8 @@ STRATEGIES = {
     "panic": ("panic=abort vs unwind", ("release", []), ("unwind", [])),
     "target-cpu": ("target-cpu=native vs generic x86-64", ("release", []), ("generic-cpu", [])),
     "allocator": ("mimalloc vs system allocator", ("release", []), ("system-alloc", [])),
-    "hash": ("FxHash vs SipHash for the ledger's maps", ("release", []), ("siphash", [])),
+    "hash": ("keyed foldhash vs SipHash for the ledger's maps", ("release", []), ("siphash", [])),
+    "keyed-hash": ("keyed foldhash vs unkeyed FxHash for the ledger's maps", ("release", []), ("fxhash", [])),
     "fsync": ("--fsync on vs off", ("release", ["--fsync", "on"]), ("release", ["--fsync", "off"])),
     "prealloc": ("journal segments zero-filled ahead (1 MiB) vs appended", ("release", []), ("release", ["--journal-prealloc-kib", "0"])),
     "workers": ("tokio worker threads: 2 vs 1", ("release", ["--worker-threads", "2"]), ("release", ["--worker-threads", "1"])),
@@ -176,7 +178,7 @@ def run_parser(runs):
     """The JSON fast path on vs off: hot_paths' parse_payment benches from two builds (default
     features vs without `json-fast-path`), run interleaved; keeps each run's criterion medians."""
     env = dict(os.environ, RUSTFLAGS="-C target-cpu=native")
-    sides = {"fast-path": [], "serde-only": ["--no-default-features", "--features", "mimalloc,fxhash"]}
+    sides = {"fast-path": [], "serde-only": ["--no-default-features", "--features", "mimalloc,foldhash"]}
 
     def cargo(side, *extra):
         # Criterion writes its results under $CARGO_TARGET_DIR/criterion, so each build gets its own.

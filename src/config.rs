@@ -69,6 +69,10 @@ pub struct ServeArgs {
     /// Tokio worker threads (default: one per CPU core).
     #[arg(long, env = "PAYGATE_WORKER_THREADS", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
     pub worker_threads: Option<usize>,
+    /// Where Prometheus scrapes `/metrics` (a listener of its own); `off` for none, which also
+    /// stops timing requests.
+    #[arg(long, env = "PAYGATE_METRICS_LISTEN", default_value = "127.0.0.1:9100")]
+    pub metrics_listen: String,
     /// Interval between calls to each processor's health endpoint (the processors allow one
     /// per 5 s; with N gateway instances use N × 5000).
     #[arg(long, env = "PAYGATE_HEALTH_INTERVAL_MS", default_value_t = 5_000)]
@@ -95,6 +99,8 @@ pub struct GatewayConfig {
     pub dispatch_workers: usize,
     pub pending_max: usize,
     pub health_interval: Duration,
+    /// Address of the metrics listener; `None` for none.
+    pub metrics_listen: Option<String>,
 }
 
 /// The most processors a gateway can route between.
@@ -108,6 +114,8 @@ impl GatewayConfig {
         let args = ServeArgs::try_parse_from(["serve"]).expect("defaults parse");
         let mut c = GatewayConfig::try_from(args).expect("defaults are valid");
         c.processors = processors;
+        // Many embedded gateways may run at once: none binds the fixed metrics port.
+        c.metrics_listen = None;
         c
     }
 }
@@ -164,6 +172,7 @@ impl TryFrom<ServeArgs> for GatewayConfig {
             dispatch_workers: a.dispatch_workers,
             pending_max: a.pending_max,
             health_interval: Duration::from_millis(a.health_interval_ms),
+            metrics_listen: (a.metrics_listen != "off").then_some(a.metrics_listen),
         })
     }
 }

@@ -16,6 +16,7 @@ use crate::dispatch::{SendGate, Shared, WorkQueue};
 use crate::journal::{FileOptions, Journal};
 use crate::ledger::persist;
 use crate::ledger::{Done, Event, Ledger, LedgerLimits, Restore, State};
+use crate::metrics::{JournalMetrics, Metrics};
 use crate::processor::ProcessorIdx;
 use crate::processor::client::ProcessorClient;
 use crate::processor::router::Router;
@@ -28,22 +29,39 @@ pub const BUILTIN_FEES_PPM: [(&str, u64); 2] = [("default", 50_000), ("fallback"
 /// How much longer than the upstream timeout a half-open probe may stay out.
 pub const PROBE_MARGIN_MS: u64 = 1_000;
 
-/// Serves the gateway on `listener` until `shutdown` resolves.
+/// Serves the gateway on `listener` until `shutdown` resolves, and its metrics on
+/// `config.metrics_listen` (none when that is `None`).
 pub async fn run(config: GatewayConfig, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+    let metrics_listener = match &config.metrics_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| format!("cannot listen for metrics on {addr}: {e}"))?),
+        None => None,
+    };
+    run_with(config, listener, metrics_listener, shutdown).await
+}
+
+/// [`run`] with the metrics listener already bound (tests bind port 0 and scrape it).
+pub async fn run_with(
+    config: GatewayConfig,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), String> {
     if config.processors.is_empty() {
         return Err("no processors configured".into());
     }
+    let configured: Vec<String> = config.processors.iter().map(|(n, _)| n.clone()).collect();
+    let metrics = metrics_listener.is_some().then(|| Arc::new(Metrics::new(&configured)));
     let upstreams =
         config.processors.iter().map(|(name, url)| (name.clone(), ProcessorClient::new(url, config.upstream_timeout))).collect();
     // A probe is a real request: it ends within the upstream timeout plus the time its intent
     // takes to become durable; past this it counts as failed.
     let probe_timeout = config.upstream_timeout + Duration::from_millis(PROBE_MARGIN_MS);
     let router = Arc::new(Router::new(upstreams, config.max_defer, probe_timeout));
-    let (queue, queue_rx) = WorkQueue::new();
-    let (journal, state, restore) = open_journal(&config).await?;
+    let (queue, queue_rx) = WorkQueue::new(metrics.clone());
+    let (journal, state, restore) = open_journal(&config, metrics.as_ref().map(|m| m.journal.clone())).await?;
     let all_names = state.names().to_vec();
     let limits = LedgerLimits { pending_max: config.pending_max };
-    let (ledger, ledger_task) = Ledger::spawn(state, journal, queue.clone(), limits, restore);
+    let (ledger, ledger_task) = Ledger::spawn(state, journal, queue.clone(), limits, restore, metrics.clone());
     let sends = Arc::new(SendGate::default());
     let shared = Arc::new(Shared { router: router.clone(), ledger: ledger.clone(), sends: sends.clone(), queue: queue.clone() });
     let workers = dispatch::spawn(config.dispatch_workers, queue_rx, shared);
@@ -61,7 +79,13 @@ pub async fn run(config: GatewayConfig, listener: TcpListener, shutdown: impl Fu
         router,
         sends,
         queue,
+        admin_failures: std::sync::Mutex::new(crate::logs::LogLimiter::new(Duration::from_millis(crate::api::ADMIN_FAILURE_LOG_EVERY_MS))),
+        metrics: metrics.clone(),
     });
+    if let (Some(m), Some(l)) = (metrics, metrics_listener) {
+        tracing::info!(metrics = %l.local_addr().map_err(|e| e.to_string())?, "serving Prometheus metrics at /metrics");
+        monitors.push(tokio::spawn(serve_metrics(l, m, api.clone())));
+    }
     tracing::info!(
         listen = %listener.local_addr().map_err(|e| e.to_string())?,
         processors = ?config.processors,
@@ -83,7 +107,7 @@ pub async fn run(config: GatewayConfig, listener: TcpListener, shutdown: impl Fu
 /// Recovers the ledger's state from the data directory and opens the journal after it.
 /// Refuses to start when a processor that is no longer configured still holds payments whose
 /// outcome there is unknown: only that processor can say whether it recorded them.
-async fn open_journal(config: &GatewayConfig) -> Result<(Journal<Event, Done>, State, Restore), String> {
+async fn open_journal(config: &GatewayConfig, metrics: Option<JournalMetrics>) -> Result<(Journal<Event, Done>, State, Restore), String> {
     let configured: Vec<String> = config.processors.iter().map(|(n, _)| n.clone()).collect();
     let dir = config.data_dir.clone();
     let started = std::time::Instant::now();
@@ -124,10 +148,44 @@ async fn open_journal(config: &GatewayConfig) -> Result<(Journal<Event, Done>, S
         rotated: Some(rotated),
         dir_lock: dir_lock.clone(),
         segment_header: persist::segment_header(state.names()),
+        metrics,
     };
     let journal = Journal::open(options, recovered.next_seq).map_err(|e| format!("cannot open the journal in {}: {e}", dir.display()))?;
     let restore: Restore = Arc::new(move || persist::reload(&dir, &configured, &dir_lock).map_err(|e| e.to_string()));
     Ok((journal, state, restore))
+}
+
+/// Serves `GET /metrics` on its own listener: refreshes the gauges that describe state (backlog,
+/// oldest pending payment, pinned payments, breakers, work items), then encodes everything.
+async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>, api: Arc<Api>) {
+    let handle = move |req: hyper::Request<hyper::body::Incoming>| {
+        let (metrics, api) = (metrics.clone(), api.clone());
+        async move {
+            if req.uri().path() != "/metrics" {
+                return crate::http::json(
+                    hyper::StatusCode::NOT_FOUND,
+                    &b"{\"error\":\"not_found\",\"message\":\"metrics are at /metrics\"}"[..],
+                );
+            }
+            if let Ok(b) = api.ledger.backlog().await {
+                metrics.pending.set(b.pending as i64);
+                let age_ms = b.oldest_accepted_at.map_or(0, |at| (crate::domain::UtcMillis::now().0 - at.0).max(0));
+                metrics.oldest_pending_seconds.set(age_ms as f64 / 1_000.0);
+            }
+            for (i, u) in api.router.upstreams().iter().enumerate() {
+                metrics.set_pinned(i, u.pinned.load(Ordering::Relaxed));
+                metrics.set_breaker(i, api.router.phase(i as ProcessorIdx));
+            }
+            metrics.work_items.set(api.queue.live() as i64);
+            let mut resp = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(metrics.encode())));
+            resp.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+            );
+            resp
+        }
+    };
+    crate::http::serve(listener, handle, std::future::pending()).await;
 }
 
 /// Starts the two built-in simulated processors on loopback ports, for a first run with no

@@ -12,5 +12,6 @@ pub mod journal;
 pub mod ledger;
 pub mod loadgen;
 pub mod logs;
+pub mod metrics;
 pub mod processor;
 pub mod sim;

@@ -61,6 +61,7 @@ fn options(dir: &Path, segment_max_bytes: u64, faults: Option<Arc<FaultSwitch>>)
         rotated: None,
         dir_lock: Arc::new(Mutex::new(())),
         segment_header: Vec::new(),
+        metrics: None,
     }
 }
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use hyper::body::Incoming;
+use hyper::header::HeaderValue;
 use hyper::{Method, Request, Response, StatusCode};
 
 use self::error::ApiError;
@@ -36,11 +37,64 @@ pub struct Api {
     pub sends: Arc<SendGate>,
     /// Work items alive, for `/health`.
     pub queue: WorkQueue,
+    /// Refused admin attempts are logged at most once per [`ADMIN_FAILURE_LOG_EVERY_MS`].
+    pub admin_failures: std::sync::Mutex<crate::logs::LogLimiter>,
+    /// Request counts and latency; `None` with `--metrics-listen off` (nothing is timed).
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
+}
+
+/// Header carrying a request id, echoed on server-side errors.
+pub const REQUEST_ID: hyper::header::HeaderName = hyper::header::HeaderName::from_static("x-request-id");
+
+/// Request ids made here: the process id and a counter, unique per process and cheap.
+fn next_request_id() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    format!("{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// How often a refused admin request may be logged.
+pub const ADMIN_FAILURE_LOG_EVERY_MS: u64 = 10_000;
+
+/// Compares a secret in time that depends only on the lengths, not on where the bytes differ,
+/// so that the admin token cannot be guessed byte by byte from response times.
+fn same_secret(want: &[u8], got: &[u8]) -> bool {
+    let mut diff = (want.len() ^ got.len()) as u64;
+    for i in 0..want.len().max(got.len()) {
+        let (a, b) = (want.get(i).copied().unwrap_or(0), got.get(i).copied().unwrap_or(0));
+        diff |= u64::from(a ^ b);
+    }
+    std::hint::black_box(diff) == 0
 }
 
 impl Api {
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
-        self.route(req).await.unwrap_or_else(ApiError::into_response)
+        let Some(metrics) = self.metrics.clone() else {
+            return self.answer(req).await;
+        };
+        let started = std::time::Instant::now();
+        let route = crate::metrics::route_of(req.method(), req.uri().path());
+        let resp = self.answer(req).await;
+        metrics.request(route, resp.status().as_u16(), started.elapsed());
+        resp
+    }
+
+    /// Routes the request; a server-side failure is logged with a request id (the client's
+    /// `X-Request-Id`, or one made here), which the response carries back.
+    async fn answer(&self, req: Request<Incoming>) -> Response<Body> {
+        let given_id = req.headers().get(REQUEST_ID).cloned();
+        let (method, path) = (req.method().clone(), req.uri().path().to_string());
+        match self.route(req).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                let mut resp = e.into_response();
+                if resp.status().is_server_error() {
+                    let id = given_id.unwrap_or_else(|| HeaderValue::from_str(&next_request_id()).expect("digits and a dash"));
+                    tracing::warn!(request_id = ?id, %method, %path, status = resp.status().as_u16(), "request refused");
+                    resp.headers_mut().insert(REQUEST_ID, id);
+                }
+                resp
+            }
+        }
     }
 
     async fn route(&self, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
@@ -126,9 +180,22 @@ impl Api {
 
     async fn purge(&self, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
         let given = req.headers().get("x-admin-token").map(|v| v.as_bytes());
-        match (&self.admin_token, given) {
-            (Some(want), Some(got)) if want.as_bytes() == got => {}
-            _ => return Err(ApiError::Forbidden),
+        let allowed = match (&self.admin_token, given) {
+            (Some(want), Some(got)) => same_secret(want.as_bytes(), got),
+            _ => false,
+        };
+        if !allowed {
+            // Never the token itself; at most one line per period, however hard it is tried.
+            let suppressed = self.admin_failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner).allow();
+            if let Some(suppressed) = suppressed {
+                tracing::warn!(
+                    configured = self.admin_token.is_some(),
+                    header_present = given.is_some(),
+                    suppressed,
+                    "admin request refused: wrong or missing X-Admin-Token"
+                );
+            }
+            return Err(ApiError::Forbidden);
         }
         // Settle every request on the wire first, and send none until the purge is durable, so
         // that no payment of the purged books lands at a processor after we answer.
@@ -180,5 +247,20 @@ impl Api {
             .as_bytes(),
         );
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_secret;
+
+    #[test]
+    fn secrets_match_only_when_equal_in_length_and_every_byte() {
+        assert!(same_secret(b"s3cret", b"s3cret"));
+        assert!(!same_secret(b"s3cret", b"s3cre"));
+        assert!(!same_secret(b"s3cret", b"s3cret!"));
+        assert!(!same_secret(b"s3cret", b"S3cret"));
+        assert!(!same_secret(b"s3cret", b""));
+        assert!(same_secret(b"", b""));
     }
 }

@@ -18,9 +18,10 @@ use tokio::task::JoinHandle;
 
 use crate::domain::UtcMillis;
 use crate::ledger::{IntentError, LedgerHandle, Settled, Work};
-use crate::processor::Outcome;
+use crate::metrics::Metrics;
 use crate::processor::client::Lookup;
 use crate::processor::router::Router;
+use crate::processor::{Outcome, ProcessorIdx};
 
 /// First retry delay after a failed attempt; doubles per attempt up to the cap.
 pub const BACKOFF_BASE_MS: u64 = 20;
@@ -33,15 +34,24 @@ pub const BACKOFF_CAP_MS: u64 = 1_000;
 pub struct WorkQueue {
     tx: mpsc::UnboundedSender<Work>,
     live: Arc<AtomicUsize>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// The workers' end of the queue.
 pub struct WorkReceiver(mpsc::UnboundedReceiver<Work>);
 
 impl WorkQueue {
-    pub fn new() -> (WorkQueue, WorkReceiver) {
+    pub fn new(metrics: Option<Arc<Metrics>>) -> (WorkQueue, WorkReceiver) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (WorkQueue { tx, live: Arc::default() }, WorkReceiver(rx))
+        (WorkQueue { tx, live: Arc::default(), metrics }, WorkReceiver(rx))
+    }
+
+    /// Hands over a payment whose acceptance just became durable.
+    pub fn push_accepted(&self, work: Work) {
+        if let Some(m) = &self.metrics {
+            m.accepted.inc();
+        }
+        self.push(work);
     }
 
     pub fn push(&self, work: Work) {
@@ -80,6 +90,18 @@ pub struct Shared {
     pub ledger: LedgerHandle,
     pub sends: Arc<SendGate>,
     pub queue: WorkQueue,
+}
+
+impl Shared {
+    /// `POST /payments` to `processor`, timed by outcome.
+    async fn pay(&self, processor: ProcessorIdx, work: Work, requested_at: UtcMillis) -> Outcome {
+        let started = std::time::Instant::now();
+        let outcome = self.router.upstream(processor).client.pay(work.id, work.cents, requested_at).await;
+        if let Some(m) = &self.queue.metrics {
+            m.upstream(usize::from(processor), outcome, started.elapsed());
+        }
+        outcome
+    }
 }
 
 /// Starts `workers` dispatch workers and one resolver per processor; they stop when the queue
@@ -141,7 +163,7 @@ async fn forward(mut work: Work, s: &Shared, resolvers: &resolver::Resolvers) ->
         }
         work.pinned = Some((processor, requested_at));
         let client = &s.router.upstream(processor).client;
-        let outcome = client.pay(work.id, work.cents, requested_at).await;
+        let outcome = s.pay(processor, work, requested_at).await;
         s.router.report(processor, permit, outcome);
         match outcome {
             Outcome::Recorded => {

@@ -124,7 +124,7 @@ async fn attempt(s: Arc<Shared>, idx: ProcessorIdx, work: Work, attempt: u32) ->
     let recorded_at = match client.lookup(work.id).await {
         Lookup::Found { requested_at: at } => Some(at),
         Lookup::NotFound | Lookup::Unavailable => {
-            let outcome = client.pay(work.id, work.cents, requested_at).await;
+            let outcome = s.pay(idx, work, requested_at).await;
             s.router.report(idx, Permit::UNADMITTED, outcome);
             match outcome {
                 Outcome::Recorded => Some(requested_at),

@@ -74,6 +74,8 @@ pub struct FileOptions {
     pub rotated: Option<mpsc::Sender<u64>>,
     /// Held while files other than the open segment are deleted or renamed in the directory.
     pub dir_lock: Arc<Mutex<()>>,
+    /// Group-commit sizes, sync latency, bytes and failures, when metrics are on.
+    pub metrics: Option<crate::metrics::JournalMetrics>,
     /// Payload of the record that starts every segment (the ledger's processor names); empty
     /// for none.
     pub segment_header: Vec<u8>,
@@ -225,6 +227,11 @@ impl Writer {
     /// One group commit: a single write and a single sync for everything buffered, then
     /// every waiter learns the result.
     fn commit<C: Completion>(&mut self, waiters: &mut Vec<C>, reset: bool, needs_sync: bool) {
+        if let Some(m) = &self.opts.metrics
+            && !waiters.is_empty()
+        {
+            m.commit_records.observe(waiters.len() as f64);
+        }
         let result = if self.failed {
             Err(JournalError::Io("journal is failed; waiting for repair".into()))
         } else {
@@ -237,6 +244,9 @@ impl Writer {
             self.failed = true;
             self.failures.fetch_add(1, Ordering::AcqRel);
             self.failed_signal.notify_one();
+            if let Some(m) = &self.opts.metrics {
+                m.write_failures.inc();
+            }
             if let Some(suppressed) = self.log.allow() {
                 tracing::error!(segment = %self.segment.path.display(), error = %e, suppressed, "journal write failed; payments are refused until it recovers");
             }
@@ -257,9 +267,16 @@ impl Writer {
         if !self.buf.is_empty() {
             self.segment.write_at(&self.buf, self.len).map_err(io)?;
             self.unsynced = true;
+            if let Some(m) = &self.opts.metrics {
+                m.bytes_written.inc_by(self.buf.len() as u64);
+            }
         }
         if sync && self.unsynced && self.opts.fsync {
+            let started = std::time::Instant::now();
             self.segment.sync_data().map_err(io)?;
+            if let Some(m) = &self.opts.metrics {
+                m.fsync_seconds.observe(started.elapsed().as_secs_f64());
+            }
             self.unsynced = false;
         }
         self.len += self.buf.len() as u64;

@@ -124,6 +124,18 @@ enum Command {
     Unfinished {
         reply: oneshot::Sender<usize>,
     },
+    Backlog {
+        reply: oneshot::Sender<Backlog>,
+    },
+}
+
+/// The backlog as an operator sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backlog {
+    /// Accepted payments not yet processed.
+    pub pending: usize,
+    /// When the oldest of them was accepted.
+    pub oldest_accepted_at: Option<UtcMillis>,
 }
 
 /// What happens once an event is durable.
@@ -141,7 +153,7 @@ impl Completion for Done {
                 if result.is_ok()
                     && let Some((work, queue)) = work
                 {
-                    queue.push(work);
+                    queue.push_accepted(work);
                 }
                 let _ = reply.send(result.map_err(|_| AcceptError::Unavailable));
             }
@@ -223,6 +235,12 @@ impl LedgerHandle {
         self.ask(|reply| Command::Unfinished { reply }).await
     }
 
+    /// The backlog and its oldest payment. Scans every payment on the ledger's task: for
+    /// scrapes (every few seconds), not for the request path.
+    pub async fn backlog(&self) -> Result<Backlog, Stopped> {
+        self.ask(|reply| Command::Backlog { reply }).await
+    }
+
     /// Journals the intent to send `work` to `processor`; `Ok` once it is durable.
     pub async fn intent(&self, work: Work, processor: ProcessorIdx, requested_at: UtcMillis) -> Result<(), IntentError> {
         self.ask(|reply| Command::Intent { work, processor, requested_at, reply }).await.unwrap_or(Err(IntentError::Stale))
@@ -271,6 +289,7 @@ pub struct Ledger {
     orphans: Vec<CorrelationId>,
     last_rebuild: Option<tokio::time::Instant>,
     log: LogLimiter,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl Ledger {
@@ -282,6 +301,7 @@ impl Ledger {
         dispatch: WorkQueue,
         limits: LedgerLimits,
         restore: Restore,
+        metrics: Option<Arc<crate::metrics::Metrics>>,
     ) -> (LedgerHandle, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE_LEN);
         let healthy = Arc::new(AtomicBool::new(true));
@@ -301,6 +321,7 @@ impl Ledger {
             orphans: Vec::new(),
             last_rebuild: None,
             log: LogLimiter::new(Duration::from_millis(JOURNAL_LOG_EVERY_MS)),
+            metrics,
         };
         let all: Vec<_> =
             ledger.state.payments().filter(|(_, p)| !matches!(p.status, Status::Processed { .. })).map(|(id, _)| id).collect();
@@ -459,6 +480,9 @@ impl Ledger {
             Command::Unfinished { reply } => {
                 let _ = reply.send(self.state.unfinished());
             }
+            Command::Backlog { reply } => {
+                let _ = reply.send(Backlog { pending: self.state.unfinished(), oldest_accepted_at: self.state.oldest_unfinished() });
+            }
             Command::Intent { work, processor, requested_at, reply } => {
                 let current = work.pinned.is_none() && self.state.get(work.id).is_some_and(|p| work.matches(p));
                 if !current {
@@ -477,6 +501,9 @@ impl Ledger {
                     Settled::Processed { requested_at } => Event::Processed { id: work.id, processor, requested_at },
                     Settled::Rejected => Event::Rejected { id: work.id, processor },
                 };
+                if let Some(m) = &self.metrics {
+                    m.settled(usize::from(processor), matches!(settled, Settled::Processed { .. }));
+                }
                 self.record(event, Done::Nothing);
             }
             Command::IsCurrent { work, reply } => {

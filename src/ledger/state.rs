@@ -2,13 +2,16 @@
 //! status, and the per-processor summary index. Replaying the journal through
 //! [`State::apply`] rebuilds exactly the state the running gateway had.
 
-/// The ledger's id-keyed map. FxHash is unkeyed: a hostile client could craft colliding ids
-/// and slow the ledger down. paygate treats its clients as trusted (they sit behind the
-/// operator's own front end, as in the contest); a deployment facing untrusted clients builds
-/// without the `fxhash` feature to get std's keyed SipHash. perf.md measures the difference.
-#[cfg(feature = "fxhash")]
+/// The ledger's id-keyed map. Ids are chosen by clients, so the hash is keyed: foldhash with
+/// a per-process random seed, about as fast as FxHash on a u128 but without FxHash's closed
+/// formula for colliding ids (with FxHash, `hi = C - lo * K` gives every id the same hash,
+/// and each insert becomes a scan of all the others on the single writer). perf.md measures
+/// the three choices; `fxhash` (unkeyed) and neither feature (std's SipHash) remain for that.
+#[cfg(feature = "foldhash")]
+type IdMap<V> = std::collections::HashMap<u128, V, foldhash::fast::RandomState>;
+#[cfg(all(feature = "fxhash", not(feature = "foldhash")))]
 type IdMap<V> = rustc_hash::FxHashMap<u128, V>;
-#[cfg(not(feature = "fxhash"))]
+#[cfg(not(any(feature = "foldhash", feature = "fxhash")))]
 type IdMap<V> = std::collections::HashMap<u128, V>;
 
 use super::summary::{SummaryIndex, Totals};
@@ -156,6 +159,11 @@ impl State {
         self.names.push(name.to_string());
         self.summaries.push(SummaryIndex::new());
         Some((self.names.len() - 1) as ProcessorIdx)
+    }
+
+    /// When the oldest unfinished payment was accepted (a scan of every payment).
+    pub fn oldest_unfinished(&self) -> Option<UtcMillis> {
+        self.payments.values().filter(|p| !matches!(p.status, Status::Processed { .. })).map(|p| p.accepted_at).min()
     }
 
     /// Payments sent to `processor` whose outcome there is not known yet.

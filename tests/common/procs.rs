@@ -127,6 +127,9 @@ pub fn start_gateway(data: &Path, default: &Proc, fallback: &Proc, upstream_time
         upstream_timeout_ms.to_string(),
         "--max-defer-ms".into(),
         max_defer_ms.to_string(),
+        // Several gateways may run at once: none takes the fixed metrics port.
+        "--metrics-listen".into(),
+        "127.0.0.1:0".into(),
     ];
     Proc::start(&args, "paygate listening on", log)
 }
