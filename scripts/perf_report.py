@@ -50,6 +50,8 @@ STRATEGIES = {
     "allocator": ("mimalloc vs system allocator", ("release", []), ("system-alloc", [])),
     "hash": ("keyed foldhash vs SipHash for the ledger's maps", ("release", []), ("siphash", [])),
     "keyed-hash": ("keyed foldhash vs unkeyed FxHash for the ledger's maps", ("release", []), ("fxhash", [])),
+    "metrics": ("Prometheus metrics on vs off (--metrics-listen off times nothing)",
+                ("release", ["--metrics-listen", "127.0.0.1:0"]), ("release", ["--metrics-listen", "off"])),
     "fsync": ("--fsync on vs off", ("release", ["--fsync", "on"]), ("release", ["--fsync", "off"])),
     "prealloc": ("journal segments zero-filled ahead (1 MiB) vs appended", ("release", []), ("release", ["--journal-prealloc-kib", "0"])),
     "workers": ("tokio worker threads: 2 vs 1", ("release", ["--worker-threads", "2"]), ("release", ["--worker-threads", "1"])),
@@ -80,6 +82,36 @@ def with_steal(fn):
     return result
 
 
+def process_counters(pid):
+    """CPU seconds (user + system, all threads) and context switches (voluntary, involuntary,
+    summed over threads) of process `pid` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu_s = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    vol = invol = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            for line in (task / "status").read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    vol += int(line.split()[1])
+                elif line.startswith("nonvoluntary_ctxt_switches:"):
+                    invol += int(line.split()[1])
+        except FileNotFoundError:
+            pass  # a thread that ended meanwhile
+    return cpu_s, vol, invol
+
+
+def with_server_cost(pid, fn):
+    """Runs fn() (a load step) and adds the server's CPU time and context switches per request
+    answered: stable on a shared VM where latency is not."""
+    before = process_counters(pid)
+    result = fn()
+    after = process_counters(pid)
+    n = max(1, result.get("ok", 0))
+    result["server_cpu_us_per_req"] = round((after[0] - before[0]) * 1e6 / n, 1)
+    result["server_cs_per_req"] = round(((after[1] - before[1]) + (after[2] - before[2])) / n, 2)
+    return result
+
+
 def one_run(bins, variant, args, rate, duration, tag, sweep=None, server=None):
     """Starts simulators + gateway (or `server` argv), runs loadgen, stops everything."""
     argv = server or gateway_argv(bins[variant], args)
@@ -88,7 +120,8 @@ def one_run(bins, variant, args, rate, duration, tag, sweep=None, server=None):
     try:
         out = stack.dir / f"{tag}.json"
         extra = sweep or ["--warmup", "1"]
-        return with_steal(lambda: loadgen(bins["release"], f"http://{stack.server.addr}", rate, duration, out, extra))
+        pid = stack.server.p.pid
+        return with_steal(lambda: with_server_cost(pid, lambda: loadgen(bins["release"], f"http://{stack.server.addr}", rate, duration, out, extra)))
     finally:
         stack.stop()
 
@@ -260,12 +293,20 @@ def steal(runs):
     return f"{med(xs):.1f} ({min(xs):.1f}–{max(xs):.1f})" if xs else "–"
 
 
+def per_req(runs, key):
+    """Median and range of a per-request server figure ("–" where not recorded)."""
+    xs = [r[key] for r in runs if key in r]
+    return f"{fmt(med(xs))} ({fmt(min(xs))}–{fmt(max(xs))})" if xs else "–"
+
+
 def latency_table(rows):
-    out = ["| side | runs | p50 ms (median) | p99 ms (median) | p99 spread | p99.9 ms (median) | max ms (median) | errors | CPU stolen % (median, range) |",
-           "|---|---|---|---|---|---|---|---|---|"]
+    out = ["| side | runs | p50 ms (median) | p99 ms (median) | p99 spread | p99.9 ms (median) | max ms (median) | errors | "
+           "server CPU µs/request (median, range) | context switches/request | CPU stolen % (median, range) |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     for label, runs in rows:
         out.append(f"| {label} | {len(runs)} | {fmt(med(lat(runs, 'p50')))} | {fmt(med(lat(runs, 'p99')))} | {spread(lat(runs, 'p99'))} | "
-                   f"{fmt(med(lat(runs, 'p999')))} | {fmt(med(lat(runs, 'max')))} | {errors(runs)} | {steal(runs)} |")
+                   f"{fmt(med(lat(runs, 'p999')))} | {fmt(med(lat(runs, 'max')))} | {errors(runs)} | "
+                   f"{per_req(runs, 'server_cpu_us_per_req')} | {per_req(runs, 'server_cs_per_req')} | {steal(runs)} |")
     return out
 
 
