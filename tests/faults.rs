@@ -321,3 +321,32 @@ async fn a_simulator_pair_is_still_consistent_with_a_slow_fallback() {
     assert_eq!(fallback.sim.payment_count(), 10);
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_payment_carries_a_request_id_for_the_logs() {
+    use http_body_util::Full;
+    let (default, fallback) = start_pair().await;
+    let mut config = gateway_config(&[("default", &default), ("fallback", &fallback)]);
+    let faults = Arc::new(FaultSwitch::default());
+    config.faults = Some(faults.clone());
+    let gw = start_gateway(config).await;
+    faults.set(true);
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build::<_, Full<bytes::Bytes>>(hyper_util::client::legacy::connect::HttpConnector::new());
+    let post = |request_id: Option<&'static str>| {
+        let mut req = hyper::Request::post(format!("{}/payments", gw.url));
+        if let Some(id) = request_id {
+            req = req.header("x-request-id", id);
+        }
+        let body = format!(r#"{{"correlationId":"{}","amount":1.00}}"#, CorrelationId::random());
+        client.request(req.body(Full::new(bytes::Bytes::from(body))).unwrap())
+    };
+    let resp = post(Some("client-chosen-7")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(resp.headers()["x-request-id"], "client-chosen-7");
+    let resp = post(None).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(!resp.headers()["x-request-id"].is_empty());
+    faults.set(false);
+    gw.stop().await;
+}
