@@ -207,11 +207,10 @@ def run_contest(bins, runs):
     save("contest", {"commit": commit(), "paygate": got["paygate"], "bare": got["bare"]})
 
 
-def run_parser(runs):
-    """The JSON fast path on vs off: hot_paths' parse_payment benches from two builds (default
-    features vs without `json-fast-path`), run interleaved; keeps each run's criterion medians."""
+def criterion_ab(runs, group, sides):
+    """One hot_paths criterion group from several builds (feature sets), run interleaved;
+    returns {side: [each run's criterion medians]}."""
     env = dict(os.environ, RUSTFLAGS="-C target-cpu=native")
-    sides = {"fast-path": [], "serde-only": ["--no-default-features", "--features", "mimalloc,foldhash"]}
 
     def cargo(side, *extra):
         # Criterion writes its results under $CARGO_TARGET_DIR/criterion, so each build gets its own.
@@ -221,14 +220,29 @@ def run_parser(runs):
         return target
 
     for side in sides:
-        print(f"[parser] build {side}", flush=True)
+        print(f"[{group}] build {side}", flush=True)
         cargo(side, "--no-run")
+    return interleaved(runs, list(sides), lambda side: criterion_medians(cargo(side, "--", group) / "criterion" / group))
 
-    def one(side):
-        return criterion_medians(cargo(side, "--", "parse_payment") / "criterion" / "parse_payment")
 
-    got = interleaved(runs, list(sides), one)
-    save("parser", {"commit": commit(), **got})
+def run_parser(runs):
+    """The JSON fast path on vs off: hot_paths' parse_payment benches from two builds (default
+    features vs without `json-fast-path`), run interleaved; keeps each run's criterion medians."""
+    sides = {"fast-path": [], "serde-only": ["--no-default-features", "--features", "mimalloc,foldhash"]}
+    save("parser", {"commit": commit(), **criterion_ab(runs, "parse_payment", sides)})
+
+
+HASH_SIDES = {
+    "foldhash (keyed)": [],
+    "fxhash (unkeyed)": ["--no-default-features", "--features", "mimalloc,json-fast-path,fxhash"],
+    "siphash": ["--no-default-features", "--features", "mimalloc,json-fast-path"],
+}
+
+
+def run_hash(runs):
+    """The ledger's map hash: hot_paths' ledger_apply from three builds, run interleaved."""
+    sides = {k.split()[0]: v for k, v in HASH_SIDES.items()}
+    save("hash", {"commit": commit(), **criterion_ab(runs, "ledger_apply", sides)})
 
 
 def criterion_medians(root):
@@ -410,6 +424,20 @@ def render_parser():
     return out
 
 
+def render_hash():
+    d = load("hash")
+    if not d:
+        return None
+    out = ["| bench | hash | runs | median per payment (3 events) | spread |", "|---|---|---|---|---|"]
+    for label in HASH_SIDES:
+        side = label.split()[0]
+        for bench in sorted({b for r in d.get(side, []) for b in r}):
+            xs = [r[bench] for r in d[side] if bench in r]
+            out.append(f"| `ledger_apply/{bench}` | {label} | {len(xs)} | {ns(med(xs))} | {ns(min(xs))}–{ns(max(xs))} |")
+    out += ["", f"criterion medians, builds run alternately; commit `{d['commit']}`, {d['recorded_at']}, {d['machine']}."]
+    return out
+
+
 def render_isolated():
     """Runs copied from `scripts/pinned_ab.sh` on a 16-core machine (perf/results/isolated/)."""
     d = RESULTS / "isolated"
@@ -457,7 +485,7 @@ def render():
     tables = {f"matrix-{n}": (lambda n=n: render_matrix(n)) for n in STRATEGIES}
     tables.update({"targets-2000": render_targets, "sweep": render_sweep, "contest": render_contest, "benches": render_benches,
                    "isolated": render_isolated, "profile": render_profile,
-                   "parser": render_parser})
+                   "parser": render_parser, "hash": render_hash})
     for name, fn in tables.items():
         start, end = f"<!-- perf-report:{name} -->", f"<!-- /perf-report:{name} -->"
         if start not in text:
@@ -505,6 +533,8 @@ def main():
             run_benches(a.runs)
         if "parser" in only:
             run_parser(a.runs)
+        if "hash" in only:
+            run_hash(a.runs)
     render()
 
 
