@@ -28,7 +28,12 @@ pub const BUILTIN_FEES_PPM: [(&str, u64); 2] = [("default", 50_000), ("fallback"
 /// How much longer than the upstream timeout a half-open probe may stay out.
 pub const PROBE_MARGIN_MS: u64 = 1_000;
 
-/// Serves the gateway on `listener` until `shutdown` resolves.
+/// Longest a stopping gateway waits for the ledger's last events to become durable.
+pub const FINAL_FLUSH_MS: u64 = 5_000;
+
+/// Serves the gateway on `listener` until `shutdown` resolves, then drains: `/health` answers
+/// 503 at once, payments are served for `config.drain`, then the listener closes, requests in
+/// flight finish, dispatch stops and the ledger's last events are made durable.
 pub async fn run(config: GatewayConfig, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), String> {
     if config.processors.is_empty() {
         return Err("no processors configured".into());
@@ -58,6 +63,7 @@ pub async fn run(config: GatewayConfig, listener: TcpListener, shutdown: impl Fu
         all_names,
         admin_token: config.admin_token.clone(),
         accepting: AtomicBool::new(true),
+        draining: AtomicBool::new(false),
         router,
         sends,
         queue,
@@ -70,10 +76,32 @@ pub async fn run(config: GatewayConfig, listener: TcpListener, shutdown: impl Fu
         "paygate serving"
     );
     let handler_api = api.clone();
-    crate::http::serve(listener, move |req| handler_api.clone().handle(req), shutdown).await;
+    let drain_api = api.clone();
+    let drain = config.drain;
+    let stop_accepting = async move {
+        shutdown.await;
+        // Out of rotation first: load balancers see 503 on /health while payments still go on.
+        drain_api.draining.store(true, Ordering::Relaxed);
+        tracing::info!(drain_ms = drain.as_millis() as u64, "shutting down: /health answers 503, payments are served until the drain ends");
+        tokio::time::sleep(drain).await;
+        tracing::info!("drain over: no new connections; finishing the requests in flight");
+    };
+    crate::http::serve_with_limits(listener, move |req| handler_api.clone().handle(req), stop_accepting, config.server_limits()).await;
     api.accepting.store(false, Ordering::Relaxed);
+    // Intents are journaled before a request is sent, so stopping dispatch mid-send only
+    // leaves outcomes unknown, which the next start resolves on the same processor.
     for t in monitors.iter().chain(&workers) {
         t.abort();
+    }
+    for t in workers {
+        let _ = t.await;
+    }
+    // Every 202 is durable already; the barrier makes the outcomes dispatch reported durable
+    // too, so the next start has fewer payments to resolve again.
+    match tokio::time::timeout(Duration::from_millis(FINAL_FLUSH_MS), api.ledger.flush()).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "final journal flush failed; the next start resolves what it lost"),
+        Ok(Err(_)) | Err(_) => tracing::warn!("final journal flush did not finish; the next start resolves what it lost"),
     }
     ledger_task.abort();
     tracing::info!("paygate stopped");

@@ -124,6 +124,9 @@ enum Command {
     Unfinished {
         reply: oneshot::Sender<usize>,
     },
+    Flush {
+        reply: oneshot::Sender<Result<(), JournalError>>,
+    },
 }
 
 /// What happens once an event is durable.
@@ -131,6 +134,7 @@ pub enum Done {
     Accept { reply: oneshot::Sender<Result<(), AcceptError>>, work: Option<(Work, WorkQueue)> },
     Intent(oneshot::Sender<Result<(), IntentError>>),
     Purge(oneshot::Sender<Result<(), JournalError>>),
+    Flush(oneshot::Sender<Result<(), JournalError>>),
     Nothing,
 }
 
@@ -148,7 +152,7 @@ impl Completion for Done {
             Done::Intent(reply) => {
                 let _ = reply.send(result.map_err(|_| IntentError::Unavailable));
             }
-            Done::Purge(reply) => {
+            Done::Purge(reply) | Done::Flush(reply) => {
                 let _ = reply.send(result);
             }
             Done::Nothing => {}
@@ -252,6 +256,12 @@ impl LedgerHandle {
 
     pub async fn purge(&self) -> Result<Result<(), JournalError>, Stopped> {
         self.ask(|reply| Command::Purge { reply }).await
+    }
+
+    /// Resolves once every command sent before it is applied and its events are durable
+    /// (the last step of a graceful shutdown).
+    pub async fn flush(&self) -> Result<Result<(), JournalError>, Stopped> {
+        self.ask(|reply| Command::Flush { reply }).await
     }
 }
 
@@ -486,6 +496,7 @@ impl Ledger {
                 self.generation.send_modify(|g| *g += 1);
                 self.record(Event::Purged, Done::Purge(reply));
             }
+            Command::Flush { reply } => self.journal.submit(None, Done::Flush(reply)),
         }
     }
 }
