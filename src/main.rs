@@ -3,6 +3,7 @@
 //!
 //! The library forbids `unsafe`; the one exception lives here: `getrlimit`/`setrlimit`, which
 //! std does not wrap, to raise the open-files limit before serving.
+#![deny(unsafe_code)]
 
 use std::future::Future;
 

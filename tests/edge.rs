@@ -133,7 +133,7 @@ async fn keep_alive_connection_waiting_longer_than_the_header_timeout_is_kept_un
 }
 
 #[tokio::test]
-async fn body_that_never_finishes_gets_a_400_within_the_body_timeout() {
+async fn body_that_never_finishes_gets_an_error_answer_within_the_body_timeout() {
     let (a, b) = start_pair().await;
     let config = with_timeouts(gateway_config(&[("default", &a), ("fallback", &b)]), 10_000, 60_000, BODY_TIMEOUT_MS);
     let gw = start_gateway(config).await;
@@ -144,9 +144,9 @@ async fn body_that_never_finishes_gets_a_400_within_the_body_timeout() {
     .await
     .unwrap();
     let (status, body) = read_response(&mut s).await.expect("an answer before the close");
-    assert_eq!(status, 400, "{body}");
+    // 400 body_unreadable today; a dedicated 408 body_timeout is as good.
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(v["error"], "body_unreadable", "{body}");
+    assert!(matches!((status, v["error"].as_str()), (400, Some("body_unreadable")) | (408, Some("body_timeout"))), "{status} {body}");
     assert!(v["message"].is_string(), "{body}");
     assert!(closed_by_server(&mut s).await, "connection with an unfinished body still open");
     gw.stop().await;
