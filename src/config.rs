@@ -29,7 +29,9 @@ pub enum Command {
 
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
-    /// Config file of `flag-name = value` lines (`processor` may repeat; `#` starts a comment).
+    /// Config file of `flag-name = value` lines (`processor` may repeat). `#` starts a comment
+    /// at the start of a line or after whitespace; a value may be double-quoted, with `\"`
+    /// and `\\` escapes.
     #[arg(long, env = "PAYGATE_CONFIG")]
     pub config: Option<PathBuf>,
     /// HTTP listen address.
@@ -77,6 +79,28 @@ pub struct ServeArgs {
     /// per 5 s; with N gateway instances use N × 5000).
     #[arg(long, env = "PAYGATE_HEALTH_INTERVAL_MS", default_value_t = 5_000)]
     pub health_interval_ms: u64,
+    /// Longest a client may take to send a request head, from connecting (or from the first
+    /// byte of a later request on a kept-alive connection); past it the connection is closed.
+    #[arg(long, env = "PAYGATE_HEADER_TIMEOUT_MS", default_value_t = crate::http::HEADER_TIMEOUT_MS)]
+    pub header_timeout_ms: u64,
+    /// A kept-alive connection with no request for this long is closed.
+    #[arg(long, env = "PAYGATE_IDLE_TIMEOUT_MS", default_value_t = crate::http::IDLE_TIMEOUT_MS)]
+    pub idle_timeout_ms: u64,
+    /// Longest a request body may take to arrive after its head; past it the request gets a
+    /// 400 `body_unreadable` and the connection is closed.
+    #[arg(long, env = "PAYGATE_BODY_TIMEOUT_MS", default_value_t = crate::http::BODY_TIMEOUT_MS)]
+    pub body_timeout_ms: u64,
+    /// Client connections served at once; past it a new connection gets a 503 at once. Lowered
+    /// at start to fit the open-files limit.
+    #[arg(long, env = "PAYGATE_MAX_CONNECTIONS", default_value_t = crate::http::MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// After SIGTERM or SIGINT, how long `/health` answers 503 while payments are still served,
+    /// so that load balancers take the gateway out of rotation before it stops.
+    #[arg(long, env = "PAYGATE_DRAIN_MS", default_value_t = DRAIN_MS)]
+    pub drain_ms: u64,
+    /// Log lines as plain `text` or `json` (one object per line).
+    #[arg(long, env = "PAYGATE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
 }
 
 /// The validated gateway configuration.
@@ -101,22 +125,82 @@ pub struct GatewayConfig {
     pub health_interval: Duration,
     /// Address of the metrics listener; `None` for none.
     pub metrics_listen: Option<String>,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub body_timeout: Duration,
+    /// Client connections served at once (see [`GatewayConfig::fit_to_open_files`]).
+    pub max_connections: usize,
+    /// Between the shutdown signal and the end of accepting: `/health` answers 503 while
+    /// payments are still served. Zero in [`GatewayConfig::with_processors`].
+    pub drain: Duration,
 }
 
 /// The most processors a gateway can route between.
 pub const MAX_PROCESSORS: usize = 16;
 /// The processors' health endpoint allows one call per this many ms.
 pub const MIN_HEALTH_INTERVAL_MS: u64 = 5_000;
+/// Default of `--drain-ms`: long enough for a load balancer polling `/health` every second or
+/// two to see the 503 a few times.
+pub const DRAIN_MS: u64 = 5_000;
+/// Most client connections `--max-connections` may ask for.
+pub const MAX_CONNECTIONS_LIMIT: usize = 1_000_000;
+/// File descriptors kept apart from client connections besides those counted per worker and
+/// per processor in [`GatewayConfig::fd_reserve`]: stdio, the runtime's epoll and wakers, the
+/// journal's open segment, snapshot and directory, health checks.
+pub const FD_RESERVE_BASE: u64 = 128;
+/// Fewest client connections the gateway starts with; an open-files limit that leaves fewer
+/// is a deployment error.
+pub const MIN_CONNECTIONS: usize = 16;
 
 impl GatewayConfig {
-    /// Defaults with the given processors, for tests and embedding.
+    /// Defaults with the given processors, for tests and embedding. Unlike the command line
+    /// (`--drain-ms` 5 000), there is no drain: the shutdown future stops the gateway at once.
     pub fn with_processors(processors: Vec<(String, String)>) -> GatewayConfig {
         let args = ServeArgs::try_parse_from(["serve"]).expect("defaults parse");
         let mut c = GatewayConfig::try_from(args).expect("defaults are valid");
         c.processors = processors;
         // Many embedded gateways may run at once: none binds the fixed metrics port.
         c.metrics_listen = None;
+        c.drain = Duration::ZERO;
         c
+    }
+
+    /// What the HTTP server allows its clients.
+    pub fn server_limits(&self) -> crate::http::ServerLimits {
+        crate::http::ServerLimits {
+            header_timeout: self.header_timeout,
+            idle_timeout: self.idle_timeout,
+            body_timeout: self.body_timeout,
+            max_connections: self.max_connections,
+        }
+    }
+
+    /// Descriptors the gateway needs besides client connections: [`FD_RESERVE_BASE`], one
+    /// upstream socket per dispatch worker, the resolvers' requests and a health check per
+    /// processor, and the refusals in flight past the connection limit.
+    pub fn fd_reserve(&self) -> u64 {
+        let per_processor = (crate::dispatch::resolver::RESOLVE_CONCURRENCY + 1) as u64;
+        FD_RESERVE_BASE
+            + self.dispatch_workers as u64
+            + per_processor * self.processors.len().max(2) as u64
+            + crate::http::MAX_REFUSING as u64
+    }
+
+    /// Lowers `max_connections` so that connections plus [`GatewayConfig::fd_reserve`] fit in
+    /// `open_files` (the soft RLIMIT_NOFILE); running out of descriptors would fail accepts and
+    /// journal writes instead of answering a clean 503. Returns the value now in force.
+    pub fn fit_to_open_files(&mut self, open_files: u64) -> Result<usize, String> {
+        let reserve = self.fd_reserve();
+        let room = usize::try_from(open_files.saturating_sub(reserve)).unwrap_or(usize::MAX);
+        if room < MIN_CONNECTIONS {
+            return Err(format!(
+                "the open-files limit ({open_files}) leaves room for {room} client connections after {reserve} reserved \
+                 descriptors; raise it (ulimit -n) to at least {}",
+                reserve + MIN_CONNECTIONS as u64
+            ));
+        }
+        self.max_connections = self.max_connections.min(room);
+        Ok(self.max_connections)
     }
 }
 
@@ -158,6 +242,12 @@ impl TryFrom<ServeArgs> for GatewayConfig {
         if a.dispatch_workers == 0 || a.pending_max == 0 || a.upstream_timeout_ms == 0 {
             return Err("--dispatch-workers, --pending-max and --upstream-timeout-ms must be positive".into());
         }
+        if a.header_timeout_ms == 0 || a.idle_timeout_ms == 0 || a.body_timeout_ms == 0 {
+            return Err("--header-timeout-ms, --idle-timeout-ms and --body-timeout-ms must be positive".into());
+        }
+        if !(1..=MAX_CONNECTIONS_LIMIT).contains(&a.max_connections) {
+            return Err(format!("--max-connections must be between 1 and {MAX_CONNECTIONS_LIMIT}"));
+        }
         Ok(GatewayConfig {
             listen: a.listen,
             processors,
@@ -173,6 +263,11 @@ impl TryFrom<ServeArgs> for GatewayConfig {
             pending_max: a.pending_max,
             health_interval: Duration::from_millis(a.health_interval_ms),
             metrics_listen: (a.metrics_listen != "off").then_some(a.metrics_listen),
+            header_timeout: Duration::from_millis(a.header_timeout_ms),
+            idle_timeout: Duration::from_millis(a.idle_timeout_ms),
+            body_timeout: Duration::from_millis(a.body_timeout_ms),
+            max_connections: a.max_connections,
+            drain: Duration::from_millis(a.drain_ms),
         })
     }
 }
@@ -191,15 +286,14 @@ pub fn parse(args: Vec<OsString>) -> Result<Cli, clap::Error> {
         .map_err(|e| clap::Error::raw(clap::error::ErrorKind::Io, format!("config file {}: {e}\n", path.display())))?;
     let mut extra: Vec<OsString> = Vec::new();
     for (n, line) in text.lines().enumerate() {
-        let line = line.split('#').next().unwrap_or("").trim();
-        if line.is_empty() {
-            continue;
-        }
-        let Some((key, value)) = line.split_once('=') else {
-            let msg = format!("config file {} line {}: expected `name = value`\n", path.display(), n + 1);
-            return Err(clap::Error::raw(clap::error::ErrorKind::InvalidValue, msg));
+        let (key, value) = match config_line(line) {
+            Ok(None) => continue,
+            Ok(Some(kv)) => kv,
+            Err(e) => {
+                let msg = format!("config file {} line {}: {e}\n", path.display(), n + 1);
+                return Err(clap::Error::raw(clap::error::ErrorKind::InvalidValue, msg));
+            }
         };
-        let (key, value) = (key.trim(), value.trim().trim_matches('"'));
         let id = if key == "processor" { "processors" } else { &key.replace('-', "_") };
         let unset = matches!(serve.value_source(id), None | Some(ValueSource::DefaultValue));
         if unset {
@@ -210,6 +304,56 @@ pub fn parse(args: Vec<OsString>) -> Result<Cli, clap::Error> {
     let mut all = args;
     all.extend(extra);
     Cli::try_parse_from(all)
+}
+
+/// One line of a config file: `None` for a blank or comment line, else `(name, value)`.
+///
+/// The rule: `#` starts a comment at the start of a line or after whitespace, so `abc#123` is
+/// one value; a value may be double-quoted (then `#` and surrounding spaces are part of it),
+/// with `\"` for a quote and `\\` for a backslash, and only a comment may follow it.
+fn config_line(line: &str) -> Result<Option<(&str, String)>, String> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return Ok(None);
+    }
+    let (key, rest) = line.split_once('=').ok_or("expected `name = value`")?;
+    let key = key.trim();
+    if key.is_empty() {
+        return Err("expected `name = value`".into());
+    }
+    let rest = rest.trim_start();
+    let Some(quoted) = rest.strip_prefix('"') else {
+        let mut end = rest.len();
+        let mut prev_blank = true;
+        for (i, c) in rest.char_indices() {
+            if c == '#' && prev_blank {
+                end = i;
+                break;
+            }
+            prev_blank = c.is_whitespace();
+        }
+        return Ok(Some((key, rest[..end].trim_end().to_string())));
+    };
+    let mut value = String::with_capacity(quoted.len());
+    let mut chars = quoted.char_indices();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '"' => {
+                let after = quoted[i + 1..].trim_start();
+                if !after.is_empty() && !after.starts_with('#') {
+                    return Err(format!("unexpected `{after}` after the quoted value"));
+                }
+                return Ok(Some((key, value)));
+            }
+            '\\' => match chars.next() {
+                Some((_, e @ ('"' | '\\'))) => value.push(e),
+                Some((_, e)) => return Err(format!("unknown escape `\\{e}` in a quoted value (only `\\\"` and `\\\\`)")),
+                None => break,
+            },
+            c => value.push(c),
+        }
+    }
+    Err("quoted value has no closing `\"`".into())
 }
 
 #[cfg(test)]
@@ -242,6 +386,71 @@ mod tests {
         assert_eq!(c.max_defer, Duration::from_millis(7));
         assert_eq!(c.processors, vec![("default".into(), "http://c:1".into())]);
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn config_hash_starts_a_comment_only_at_line_start_or_after_whitespace() {
+        assert_eq!(config_line("# all comment").unwrap(), None);
+        assert_eq!(config_line("   ").unwrap(), None);
+        assert_eq!(config_line("  # indented comment").unwrap(), None);
+        assert_eq!(config_line("admin-token = abc#123").unwrap(), Some(("admin-token", "abc#123".to_string())));
+        assert_eq!(config_line("admin-token = abc#123 # the token").unwrap(), Some(("admin-token", "abc#123".to_string())));
+        assert_eq!(config_line("admin-token = abc\t# tab too").unwrap(), Some(("admin-token", "abc".to_string())));
+        assert_eq!(config_line("admin-token = # nothing").unwrap(), Some(("admin-token", String::new())));
+        assert_eq!(config_line("processor = default=http://c:1").unwrap(), Some(("processor", "default=http://c:1".to_string())));
+    }
+
+    #[test]
+    fn config_quoted_values_keep_hashes_and_spaces_and_unescape() {
+        assert_eq!(config_line(r#"admin-token = " a # b ""#).unwrap(), Some(("admin-token", " a # b ".to_string())));
+        assert_eq!(config_line(r#"admin-token = "q\"uote\\back" # c"#).unwrap(), Some(("admin-token", r#"q"uote\back"#.to_string())));
+        assert_eq!(config_line(r#"admin-token = """#).unwrap(), Some(("admin-token", String::new())));
+    }
+
+    #[test]
+    fn config_malformed_lines_are_refused() {
+        for line in ["no equals sign", " = value", r#"admin-token = "open"#, r#"admin-token = "a\nb""#, r#"admin-token = "a" b"#] {
+            assert!(config_line(line).is_err(), "{line}");
+        }
+    }
+
+    #[test]
+    fn config_file_token_with_hash_reaches_the_config() {
+        let dir = std::env::temp_dir().join(format!("paygate-cfg-hash-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("paygate.conf");
+        std::fs::write(&file, "admin-token = abc#123   # comment\nlisten = \"127.0.0.1:3\"\n").unwrap();
+        let c = serve(&["--config", file.to_str().unwrap()]);
+        assert_eq!(c.admin_token.as_deref(), Some("abc#123"));
+        assert_eq!(c.listen, "127.0.0.1:3");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn edge_flags_have_defaults_and_zero_timeouts_are_refused() {
+        let c = serve(&[]);
+        assert_eq!(c.server_limits(), crate::http::ServerLimits::default());
+        assert_eq!(c.drain, Duration::from_millis(DRAIN_MS));
+        assert_eq!(GatewayConfig::with_processors(vec![]).drain, Duration::ZERO);
+        for flag in ["--header-timeout-ms", "--idle-timeout-ms", "--body-timeout-ms", "--max-connections"] {
+            let args = ServeArgs::try_parse_from(["serve", flag, "0"]).unwrap();
+            assert!(GatewayConfig::try_from(args).is_err(), "{flag} 0");
+        }
+        let c = serve(&["--header-timeout-ms", "1", "--idle-timeout-ms", "2", "--body-timeout-ms", "3", "--drain-ms", "0"]);
+        assert_eq!(
+            (c.header_timeout, c.idle_timeout, c.body_timeout),
+            (Duration::from_millis(1), Duration::from_millis(2), Duration::from_millis(3))
+        );
+        assert_eq!(c.drain, Duration::ZERO);
+    }
+
+    #[test]
+    fn max_connections_is_lowered_to_fit_the_open_files_limit() {
+        let mut c = serve(&["--max-connections", "1000"]);
+        let reserve = c.fd_reserve();
+        assert_eq!(c.fit_to_open_files(1_000_000).unwrap(), 1000);
+        assert_eq!(c.fit_to_open_files(reserve + 600).unwrap(), 600);
+        assert!(c.fit_to_open_files(reserve + MIN_CONNECTIONS as u64 - 1).is_err());
     }
 
     #[test]

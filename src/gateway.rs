@@ -29,8 +29,13 @@ pub const BUILTIN_FEES_PPM: [(&str, u64); 2] = [("default", 50_000), ("fallback"
 /// How much longer than the upstream timeout a half-open probe may stay out.
 pub const PROBE_MARGIN_MS: u64 = 1_000;
 
-/// Serves the gateway on `listener` until `shutdown` resolves, and its metrics on
-/// `config.metrics_listen` (none when that is `None`).
+/// Longest a stopping gateway waits for the ledger's last events to become durable.
+pub const FINAL_FLUSH_MS: u64 = 5_000;
+
+/// Serves the gateway on `listener` (and its metrics on `config.metrics_listen`, none when
+/// that is `None`) until `shutdown` resolves, then drains: `/health` answers 503 at once,
+/// payments are served for `config.drain`, then the listener closes, requests in flight
+/// finish, dispatch stops and the ledger's last events are made durable.
 pub async fn run(config: GatewayConfig, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), String> {
     let metrics_listener = match &config.metrics_listen {
         Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| format!("cannot listen for metrics on {addr}: {e}"))?),
@@ -76,13 +81,14 @@ pub async fn run_with(
         all_names,
         admin_token: config.admin_token.clone(),
         accepting: AtomicBool::new(true),
+        draining: AtomicBool::new(false),
         router,
         sends,
         queue,
         admin_failures: std::sync::Mutex::new(crate::logs::LogLimiter::new(Duration::from_millis(crate::api::ADMIN_FAILURE_LOG_EVERY_MS))),
         metrics: metrics.clone(),
     });
-    if let (Some(m), Some(l)) = (metrics, metrics_listener) {
+    if let (Some(m), Some(l)) = (metrics.clone(), metrics_listener) {
         tracing::info!(metrics = %l.local_addr().map_err(|e| e.to_string())?, "serving Prometheus metrics at /metrics");
         monitors.push(tokio::spawn(serve_metrics(l, m, api.clone())));
     }
@@ -94,10 +100,37 @@ pub async fn run_with(
         "paygate serving"
     );
     let handler_api = api.clone();
-    crate::http::serve(listener, move |req| handler_api.clone().handle(req), shutdown).await;
+    let drain_api = api.clone();
+    let drain = config.drain;
+    let stop_accepting = async move {
+        shutdown.await;
+        // Out of rotation first: load balancers see 503 on /health while payments still go on.
+        drain_api.draining.store(true, Ordering::Relaxed);
+        tracing::info!(drain_ms = drain.as_millis() as u64, "shutting down: /health answers 503, payments are served until the drain ends");
+        tokio::time::sleep(drain).await;
+        tracing::info!("drain over: no new connections; finishing the requests in flight");
+    };
+    let open_connections = Arc::<std::sync::atomic::AtomicUsize>::default();
+    if let Some(m) = &metrics {
+        m.watch_connections(open_connections.clone());
+    }
+    let handle = move |req| handler_api.clone().handle(req);
+    crate::http::serve_with_limits(listener, handle, stop_accepting, config.server_limits(), open_connections).await;
     api.accepting.store(false, Ordering::Relaxed);
+    // Intents are journaled before a request is sent, so stopping dispatch mid-send only
+    // leaves outcomes unknown, which the next start resolves on the same processor.
     for t in monitors.iter().chain(&workers) {
         t.abort();
+    }
+    for t in workers {
+        let _ = t.await;
+    }
+    // Every 202 is durable already; the barrier makes the outcomes dispatch reported durable
+    // too, so the next start has fewer payments to resolve again.
+    match tokio::time::timeout(Duration::from_millis(FINAL_FLUSH_MS), api.ledger.flush()).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "final journal flush failed; the next start resolves what it lost"),
+        Ok(Err(_)) | Err(_) => tracing::warn!("final journal flush did not finish; the next start resolves what it lost"),
     }
     ledger_task.abort();
     tracing::info!("paygate stopped");
@@ -177,6 +210,7 @@ async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>, api: Arc<Ap
                 metrics.set_breaker(i, api.router.phase(i as ProcessorIdx));
             }
             metrics.work_items.set(api.queue.live() as i64);
+            metrics.refresh_connections();
             let mut resp = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(metrics.encode())));
             resp.headers_mut().insert(
                 hyper::header::CONTENT_TYPE,

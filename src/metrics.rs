@@ -53,6 +53,8 @@ pub struct Metrics {
     breaker: Vec<Vec<Gauge>>,
     pub work_items: Gauge,
     pub open_connections: Gauge,
+    /// The HTTP server's count of open connections, read at each scrape.
+    connections: std::sync::OnceLock<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
     pub journal: JournalMetrics,
 }
 
@@ -161,6 +163,7 @@ impl Metrics {
             breaker,
             work_items,
             open_connections,
+            connections: std::sync::OnceLock::new(),
             journal,
         }
     }
@@ -209,6 +212,17 @@ impl Metrics {
     pub fn set_breaker(&self, processor: usize, phase: Phase) {
         for (i, g) in self.breaker[processor].iter().enumerate() {
             g.set(i64::from(PHASES[i] == phase.as_str()));
+        }
+    }
+
+    /// Reports the server's open-connection count from now on.
+    pub fn watch_connections(&self, open: std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        let _ = self.connections.set(open);
+    }
+
+    pub fn refresh_connections(&self) {
+        if let Some(open) = self.connections.get() {
+            self.open_connections.set(open.load(std::sync::atomic::Ordering::Relaxed) as i64);
         }
     }
 

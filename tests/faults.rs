@@ -330,6 +330,8 @@ async fn a_refused_payment_carries_a_request_id_for_the_logs() {
     let faults = Arc::new(FaultSwitch::default());
     config.faults = Some(faults.clone());
     let gw = start_gateway(config).await;
+    let http = Http::default();
+    assert_eq!(http.pay(&gw.url, CorrelationId::random(), "1.00").await, StatusCode::ACCEPTED);
     faults.set(true);
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build::<_, Full<bytes::Bytes>>(hyper_util::client::legacy::connect::HttpConnector::new());

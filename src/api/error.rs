@@ -23,6 +23,8 @@ pub enum ApiError {
     BodyTooLarge(usize),
     #[error("request body could not be read")]
     BodyUnreadable,
+    #[error("request body did not arrive within the body timeout")]
+    BodyTimeout,
     #[error("correlationId was already accepted with a different amount")]
     AmountMismatch,
     #[error("query parameter `{0}` must be an RFC 3339 timestamp such as 2025-07-15T12:34:56.000Z")]
@@ -54,6 +56,7 @@ impl ApiError {
             InvalidCorrelationId => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_correlation_id"),
             BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             BodyUnreadable => (StatusCode::BAD_REQUEST, "body_unreadable"),
+            BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             AmountMismatch => (StatusCode::CONFLICT, "amount_mismatch"),
             InvalidTimestamp(_) => (StatusCode::BAD_REQUEST, "invalid_timestamp"),
             Forbidden => (StatusCode::FORBIDDEN, "forbidden"),

@@ -31,6 +31,9 @@ pub struct Api {
     pub admin_token: Option<String>,
     /// False once the gateway stops accepting payments (shutting down).
     pub accepting: AtomicBool,
+    /// True from the shutdown signal on: `/health` answers 503 so that load balancers take
+    /// the gateway out of rotation, while payments are still accepted until it stops.
+    pub draining: AtomicBool,
     /// Breakers and pinned counts, for `/health`.
     pub router: Arc<Router>,
     /// Paused by a purge until no request of the purged books is on the wire.
@@ -121,6 +124,7 @@ impl Api {
         let body = read_body(req, payment::MAX_BODY_BYTES).await.map_err(|e| match e {
             BodyError::TooLarge(n) => ApiError::BodyTooLarge(n),
             BodyError::Io(_) => ApiError::BodyUnreadable,
+            BodyError::TimedOut => ApiError::BodyTimeout,
         })?;
         let p = payment::parse(&body)?;
         match self.ledger.accept(p.id, p.cents).await.map_err(|_| ApiError::ShuttingDown)? {
@@ -216,7 +220,7 @@ impl Api {
     fn health(&self) -> Response<Body> {
         if !self.ledger.is_healthy() {
             ApiError::JournalUnavailable.into_response()
-        } else if !self.accepting.load(Ordering::Relaxed) {
+        } else if !self.accepting.load(Ordering::Relaxed) || self.draining.load(Ordering::Relaxed) {
             ApiError::ShuttingDown.into_response()
         } else {
             json(StatusCode::OK, self.health_body())

@@ -127,6 +127,9 @@ enum Command {
     Backlog {
         reply: oneshot::Sender<Backlog>,
     },
+    Flush {
+        reply: oneshot::Sender<Result<(), JournalError>>,
+    },
 }
 
 /// The backlog as an operator sees it.
@@ -143,6 +146,7 @@ pub enum Done {
     Accept { reply: oneshot::Sender<Result<(), AcceptError>>, work: Option<(Work, WorkQueue)> },
     Intent(oneshot::Sender<Result<(), IntentError>>),
     Purge(oneshot::Sender<Result<(), JournalError>>),
+    Flush(oneshot::Sender<Result<(), JournalError>>),
     Nothing,
 }
 
@@ -160,7 +164,7 @@ impl Completion for Done {
             Done::Intent(reply) => {
                 let _ = reply.send(result.map_err(|_| IntentError::Unavailable));
             }
-            Done::Purge(reply) => {
+            Done::Purge(reply) | Done::Flush(reply) => {
                 let _ = reply.send(result);
             }
             Done::Nothing => {}
@@ -270,6 +274,12 @@ impl LedgerHandle {
 
     pub async fn purge(&self) -> Result<Result<(), JournalError>, Stopped> {
         self.ask(|reply| Command::Purge { reply }).await
+    }
+
+    /// Resolves once every command sent before it is applied and its events are durable
+    /// (the last step of a graceful shutdown).
+    pub async fn flush(&self) -> Result<Result<(), JournalError>, Stopped> {
+        self.ask(|reply| Command::Flush { reply }).await
     }
 }
 
@@ -513,6 +523,7 @@ impl Ledger {
                 self.generation.send_modify(|g| *g += 1);
                 self.record(Event::Purged, Done::Purge(reply));
             }
+            Command::Flush { reply } => self.journal.submit(None, Done::Flush(reply)),
         }
     }
 }

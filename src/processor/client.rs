@@ -25,8 +25,11 @@ use crate::domain::{Cents, CorrelationId, UtcMillis};
 
 /// Idle keep-alive connections kept open per processor.
 pub const POOL_IDLE_PER_HOST: usize = 512;
-/// Idle connections are closed after this long.
-pub const POOL_IDLE_TIMEOUT_MS: u64 = 60_000;
+/// Idle connections are closed after this long: well below the servers' own idle timeouts
+/// (paygate's simulator and common proxies close at 60 s or later), so that we never reuse a
+/// connection the processor is closing at that moment — a request sent into that race ends
+/// with an unknown outcome.
+pub const POOL_IDLE_TIMEOUT_MS: u64 = 30_000;
 /// Largest processor answer we read; anything longer is not a processor answer.
 pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
 

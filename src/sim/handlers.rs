@@ -74,7 +74,7 @@ impl SimError {
             SimError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             SimError::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             SimError::Body(BodyError::TooLarge(_)) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
-            SimError::Body(BodyError::Io(_)) => (StatusCode::BAD_REQUEST, "body_unreadable"),
+            SimError::Body(BodyError::Io(_) | BodyError::TimedOut) => (StatusCode::BAD_REQUEST, "body_unreadable"),
             SimError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             SimError::Overloaded => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
             SimError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),

@@ -19,44 +19,7 @@ impl Proc {
     /// Starts `paygate ARGS` and waits for the line `<ready> ADDR` on its stdout. Everything it
     /// writes goes to `log` (its tracing output shares stdout with the listening line).
     pub fn start(args: &[String], ready: &str, log: &Path) -> Proc {
-        let file = std::fs::File::create(log).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_paygate"))
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(file.try_clone().unwrap())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let prefix = format!("{ready} ");
-        // Keeps draining after the ready line so the child never blocks on a full pipe.
-        std::thread::spawn(move || {
-            let (mut lines, mut file) = (BufReader::new(stdout), file);
-            let mut line = String::new();
-            while lines.read_line(&mut line).unwrap_or(0) > 0 {
-                let _ = file.write_all(line.as_bytes());
-                if let Some(addr) = line.trim_end().strip_prefix(&prefix) {
-                    let _ = tx.send(addr.to_string());
-                    break;
-                }
-                line.clear();
-            }
-            let _ = std::io::copy(&mut lines, &mut file);
-        });
-        match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(addr) => Proc { child, url: format!("http://{addr}") },
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "`paygate {}` never said `{ready} ADDR`; log:\n{}",
-                    args.join(" "),
-                    std::fs::read_to_string(log).unwrap_or_default()
-                );
-            }
-        }
+        Proc::start_with_env(args, &[], ready, log)
     }
 
     /// kill -9, then reap.
@@ -113,23 +76,78 @@ pub fn start_sim(dir: &Path, fee: &str, name: &str) -> Proc {
 /// Starts `paygate serve` on a loopback port over `default` and `fallback` with the given
 /// upstream timeout and defer deadline, its journal in `data`, logging to `log`.
 pub fn start_gateway(data: &Path, default: &Proc, fallback: &Proc, upstream_timeout_ms: u64, max_defer_ms: u64, log: &Path) -> Proc {
-    let args = [
-        "serve".to_string(),
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--data-dir".into(),
-        data.to_str().unwrap().into(),
-        "--processor".into(),
-        format!("default={}", default.url),
-        "--processor".into(),
-        format!("fallback={}", fallback.url),
-        "--upstream-timeout-ms".into(),
-        upstream_timeout_ms.to_string(),
-        "--max-defer-ms".into(),
-        max_defer_ms.to_string(),
-        // Several gateways may run at once: none takes the fixed metrics port.
-        "--metrics-listen".into(),
-        "127.0.0.1:0".into(),
-    ];
+    let (timeout, defer) = (upstream_timeout_ms.to_string(), max_defer_ms.to_string());
+    let args = gateway_args(data, default, fallback, &["--upstream-timeout-ms", &timeout, "--max-defer-ms", &defer]);
     Proc::start(&args, "paygate listening on", log)
+}
+
+impl Proc {
+    /// As [`Proc::start`], with extra environment variables for the child.
+    pub fn start_with_env(args: &[String], env: &[(&str, &str)], ready: &str, log: &Path) -> Proc {
+        let file = std::fs::File::create(log).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_paygate"))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(file.try_clone().unwrap())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let prefix = format!("{ready} ");
+        std::thread::spawn(move || {
+            let (mut lines, mut file) = (BufReader::new(stdout), file);
+            let mut line = String::new();
+            while lines.read_line(&mut line).unwrap_or(0) > 0 {
+                let _ = file.write_all(line.as_bytes());
+                if let Some(addr) = line.trim_end().strip_prefix(&prefix) {
+                    let _ = tx.send(addr.to_string());
+                    break;
+                }
+                line.clear();
+            }
+            let _ = std::io::copy(&mut lines, &mut file);
+        });
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(addr) => Proc { child, url: format!("http://{addr}") },
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "`paygate {}` never said `{ready} ADDR`; log:\n{}",
+                    args.join(" "),
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+        }
+    }
+
+    /// Waits up to `limit` for the process to exit by itself; `None` if it is still running.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// `paygate serve` arguments for a loopback gateway over `default` and `fallback` with its
+/// journal in `data`, followed by `extra`.
+pub fn gateway_args(data: &Path, default: &Proc, fallback: &Proc, extra: &[&str]) -> Vec<String> {
+    // Several gateways may run at once: none takes the fixed metrics port.
+    let mut args: Vec<String> =
+        ["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--data-dir", data.to_str().unwrap()]
+            .map(String::from)
+            .to_vec();
+    args.extend(["--processor".into(), format!("default={}", default.url), "--processor".into(), format!("fallback={}", fallback.url)]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
 }
