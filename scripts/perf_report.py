@@ -39,6 +39,7 @@ VARIANTS = {
     # Code changes, measured against the commit just before them.
     "before-lazy-sync": {"ref": "08d17f8"},
     "before-intent-at-accept": {"ref": "e1399a4"},
+    "before-edge": {"ref": "a6d3c39"},
 }
 
 # strategy -> (title, (variant A, gateway args A), (variant B, gateway args B))
@@ -50,6 +51,8 @@ STRATEGIES = {
     "allocator": ("mimalloc vs system allocator", ("release", []), ("system-alloc", [])),
     "hash": ("keyed foldhash vs SipHash for the ledger's maps", ("release", []), ("siphash", [])),
     "keyed-hash": ("keyed foldhash vs unkeyed FxHash for the ledger's maps", ("release", []), ("fxhash", [])),
+    "edge": ("server edge (header/idle/body timeouts, connection limit, drain) vs the commit before it",
+             ("release", ["--metrics-listen", "127.0.0.1:0"]), ("before-edge", ["--metrics-listen", "127.0.0.1:0"])),
     "metrics": ("Prometheus metrics on vs off (--metrics-listen off times nothing)",
                 ("release", ["--metrics-listen", "127.0.0.1:0"]), ("release", ["--metrics-listen", "off"])),
     "fsync": ("--fsync on vs off", ("release", ["--fsync", "on"]), ("release", ["--fsync", "off"])),

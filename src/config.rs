@@ -137,6 +137,8 @@ pub struct GatewayConfig {
 
 /// The most processors a gateway can route between.
 pub const MAX_PROCESSORS: usize = 16;
+/// Longest processor name, in bytes.
+pub const MAX_PROCESSOR_NAME_BYTES: usize = 64;
 /// The processors' health endpoint allows one call per this many ms.
 pub const MIN_HEALTH_INTERVAL_MS: u64 = 5_000;
 /// Default of `--drain-ms`: long enough for a load balancer polling `/health` every second or
@@ -226,6 +228,12 @@ impl TryFrom<ServeArgs> for GatewayConfig {
             let (name, url) = (name.trim(), url.trim().trim_end_matches('/'));
             if name.is_empty() || processors.iter().any(|(n, _)| n == name) {
                 return Err(format!("processor name `{name}` is empty or repeated"));
+            }
+            // Names are the processors' identity in the journal, the summary's keys and metric
+            // labels: short and plain.
+            let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+            if name.len() > MAX_PROCESSOR_NAME_BYTES || !name.chars().all(plain) {
+                return Err(format!("processor name `{name}` must be 1 to {MAX_PROCESSOR_NAME_BYTES} letters, digits, `_`, `-` or `.`"));
             }
             let uri: hyper::Uri = url.parse().map_err(|e| format!("processor `{name}` URL `{url}`: {e}"))?;
             if uri.scheme_str() != Some("http") || uri.host().is_none() {
@@ -455,7 +463,8 @@ mod tests {
 
     #[test]
     fn bad_processor_is_refused() {
-        for p in ["nourl", "=http://a", "x=ftp://a", "x=http://"] {
+        let long = format!("{}=http://a", "n".repeat(MAX_PROCESSOR_NAME_BYTES + 1));
+        for p in ["nourl", "=http://a", "x=ftp://a", "x=http://", "a b=http://a", "dé=http://a", &long] {
             let args = ServeArgs::try_parse_from(["serve", "--processor", p]).unwrap();
             assert!(GatewayConfig::try_from(args).is_err(), "{p}");
         }
