@@ -4,8 +4,8 @@
 
 mod common;
 
-use common::procs::{self, Proc, TempDir};
 use common::Http;
+use common::procs::{self, Proc, TempDir};
 use hyper::{Method, StatusCode};
 
 const TOKEN: &str = "s3cret#with-hash";
