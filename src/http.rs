@@ -189,9 +189,7 @@ where
     // hyper's own header_read_timeout also runs while a keep-alive connection waits for its
     // next request (hyper 1.12), so it cannot be a short header timeout and a long idle timeout
     // at once; the watchdog below does both from what `Activity` records.
-    // Answers are a head and a body of a few dozen bytes: flattening them into one buffer
-    // makes one plain `write` instead of a `writev` of two slices (hyper #2910; perf.md).
-    let conn = http1::Builder::new().max_buf_size(MAX_HEADER_BYTES).writev(false).serve_connection(io, svc);
+    let conn = http1::Builder::new().max_buf_size(MAX_HEADER_BYTES).serve_connection(io, svc);
     tokio::pin!(conn);
     let recheck = limits.header_timeout.min(limits.idle_timeout);
     let watchdog = tokio::time::sleep(recheck);
