@@ -40,6 +40,7 @@ VARIANTS = {
     "before-lazy-sync": {"ref": "08d17f8"},
     "before-intent-at-accept": {"ref": "e1399a4"},
     "before-edge": {"ref": "a6d3c39"},
+    "before-writev": {"ref": "f11d367"},
 }
 
 # strategy -> (title, (variant A, gateway args A), (variant B, gateway args B))
@@ -53,6 +54,8 @@ STRATEGIES = {
     "keyed-hash": ("keyed foldhash vs unkeyed FxHash for the ledger's maps", ("release", []), ("fxhash", [])),
     "edge": ("server edge (header/idle/body timeouts, connection limit, drain) vs the commit before it",
              ("release", ["--metrics-listen", "127.0.0.1:0"]), ("before-edge", ["--metrics-listen", "127.0.0.1:0"])),
+    "writev": ("server answers with one write vs a writev of head and body",
+               ("release", ["--metrics-listen", "127.0.0.1:0"]), ("before-writev", ["--metrics-listen", "127.0.0.1:0"])),
     "metrics": ("Prometheus metrics on vs off (--metrics-listen off times nothing)",
                 ("release", ["--metrics-listen", "127.0.0.1:0"]), ("release", ["--metrics-listen", "off"])),
     "fsync": ("--fsync on vs off", ("release", ["--fsync", "on"]), ("release", ["--fsync", "off"])),
