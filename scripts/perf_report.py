@@ -41,6 +41,7 @@ VARIANTS = {
     "before-intent-at-accept": {"ref": "e1399a4"},
     "before-edge": {"ref": "a6d3c39"},
     "before-writev": {"ref": "f11d367"},
+    "with-writev-false": {"ref": "49a582a"},
 }
 
 # strategy -> (title, (variant A, gateway args A), (variant B, gateway args B))
@@ -55,7 +56,7 @@ STRATEGIES = {
     "edge": ("server edge (header/idle/body timeouts, connection limit, drain) vs the commit before it",
              ("release", ["--metrics-listen", "127.0.0.1:0"]), ("before-edge", ["--metrics-listen", "127.0.0.1:0"])),
     "writev": ("server answers with one write vs a writev of head and body",
-               ("release", ["--metrics-listen", "127.0.0.1:0"]), ("before-writev", ["--metrics-listen", "127.0.0.1:0"])),
+               ("with-writev-false", ["--metrics-listen", "127.0.0.1:0"]), ("before-writev", ["--metrics-listen", "127.0.0.1:0"])),
     "metrics": ("Prometheus metrics on vs off (--metrics-listen off times nothing)",
                 ("release", ["--metrics-listen", "127.0.0.1:0"]), ("release", ["--metrics-listen", "off"])),
     "fsync": ("--fsync on vs off", ("release", ["--fsync", "on"]), ("release", ["--fsync", "off"])),
