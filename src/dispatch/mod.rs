@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{RwLock, RwLockWriteGuard};
+use tokio::sync::{Mutex, RwLock, RwLockWriteGuard, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::domain::UtcMillis;
@@ -32,17 +32,17 @@ pub const BACKOFF_CAP_MS: u64 = 1_000;
 /// which counts it until it ends, so `/health` can show that nothing piles up.
 #[derive(Clone)]
 pub struct WorkQueue {
-    tx: async_channel::Sender<Work>,
+    tx: mpsc::UnboundedSender<Work>,
     live: Arc<AtomicUsize>,
     metrics: Option<Arc<Metrics>>,
 }
 
 /// The workers' end of the queue.
-pub struct WorkReceiver(async_channel::Receiver<Work>);
+pub struct WorkReceiver(mpsc::UnboundedReceiver<Work>);
 
 impl WorkQueue {
     pub fn new(metrics: Option<Arc<Metrics>>) -> (WorkQueue, WorkReceiver) {
-        let (tx, rx) = async_channel::unbounded();
+        let (tx, rx) = mpsc::unbounded_channel();
         (WorkQueue { tx, live: Arc::default(), metrics }, WorkReceiver(rx))
     }
 
@@ -57,7 +57,7 @@ impl WorkQueue {
     pub fn push(&self, work: Work) {
         self.live.fetch_add(1, Ordering::Relaxed);
         // The receiver closes only at shutdown; the journal brings the payment back on restart.
-        if self.tx.try_send(work).is_err() {
+        if self.tx.send(work).is_err() {
             self.live.fetch_sub(1, Ordering::Relaxed);
         }
     }
@@ -109,13 +109,13 @@ impl Shared {
 pub fn spawn(workers: usize, queue: WorkReceiver, shared: Arc<Shared>) -> Vec<JoinHandle<()>> {
     let (resolvers, mut handles) = resolver::spawn(shared.clone());
     let resolvers = Arc::new(resolvers);
-    // A channel made for many consumers: each worker waits on its own receiver, with no lock
-    // that the others queue behind.
+    let queue = Arc::new(Mutex::new(queue.0));
     handles.extend((0..workers).map(|_| {
-        let (queue, shared, resolvers) = (queue.0.clone(), shared.clone(), resolvers.clone());
+        let (queue, shared, resolvers) = (queue.clone(), shared.clone(), resolvers.clone());
         tokio::spawn(async move {
             loop {
-                let Ok(work) = queue.recv().await else { return };
+                let next = queue.lock().await.recv().await;
+                let Some(work) = next else { return };
                 match work.pinned {
                     Some(_) => resolvers.pin(work, Duration::ZERO),
                     None => {
