@@ -42,6 +42,8 @@ VARIANTS = {
     "before-edge": {"ref": "a6d3c39"},
     "before-writev": {"ref": "f11d367"},
     "with-writev-false": {"ref": "49a582a"},
+    "mutex-receiver": {"ref": "52e825f"},
+    "mpmc-receiver": {"ref": "6e4e3c4"},
 }
 
 # strategy -> (title, (variant A, gateway args A), (variant B, gateway args B))
@@ -57,6 +59,8 @@ STRATEGIES = {
              ("release", ["--metrics-listen", "127.0.0.1:0"]), ("before-edge", ["--metrics-listen", "127.0.0.1:0"])),
     "writev": ("server answers with one write vs a writev of head and body",
                ("with-writev-false", ["--metrics-listen", "127.0.0.1:0"]), ("before-writev", ["--metrics-listen", "127.0.0.1:0"])),
+    "mpmc": ("dispatch workers on an MPMC channel (async-channel) vs one receiver behind a tokio Mutex",
+             ("mpmc-receiver", ["--metrics-listen", "127.0.0.1:0"]), ("mutex-receiver", ["--metrics-listen", "127.0.0.1:0"])),
     "metrics": ("Prometheus metrics on vs off (--metrics-listen off times nothing)",
                 ("release", ["--metrics-listen", "127.0.0.1:0"]), ("release", ["--metrics-listen", "off"])),
     "fsync": ("--fsync on vs off", ("release", ["--fsync", "on"]), ("release", ["--fsync", "off"])),
