@@ -61,6 +61,8 @@ STRATEGIES = {
                ("with-writev-false", ["--metrics-listen", "127.0.0.1:0"]), ("before-writev", ["--metrics-listen", "127.0.0.1:0"])),
     "mpmc": ("dispatch workers on an MPMC channel (async-channel) vs one receiver behind a tokio Mutex",
              ("mpmc-receiver", ["--metrics-listen", "127.0.0.1:0"]), ("mutex-receiver", ["--metrics-listen", "127.0.0.1:0"])),
+    "route-at-accept": ("routing at acceptance (intent in the acceptance's sync) on vs off",
+                        ("release", ["--route-at-accept", "on"]), ("release", ["--route-at-accept", "off"])),
     "metrics": ("Prometheus metrics on vs off (--metrics-listen off times nothing)",
                 ("release", ["--metrics-listen", "127.0.0.1:0"]), ("release", ["--metrics-listen", "off"])),
     "fsync": ("--fsync on vs off", ("release", ["--fsync", "on"]), ("release", ["--fsync", "off"])),

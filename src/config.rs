@@ -71,6 +71,10 @@ pub struct ServeArgs {
     /// Tokio worker threads (default: one per CPU core).
     #[arg(long, env = "PAYGATE_WORKER_THREADS", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
     pub worker_threads: Option<usize>,
+    /// `on`: while the cheapest processor's breaker is closed, a payment is routed when it is
+    /// accepted, so its intent shares the acceptance's sync (one sync per payment, not two).
+    #[arg(long, env = "PAYGATE_ROUTE_AT_ACCEPT", default_value = "on", value_parser = ["on", "off"])]
+    pub route_at_accept: String,
     /// Where Prometheus scrapes `/metrics` (a listener of its own); `off` for none, which also
     /// stops timing requests.
     #[arg(long, env = "PAYGATE_METRICS_LISTEN", default_value = "127.0.0.1:9100")]
@@ -125,6 +129,8 @@ pub struct GatewayConfig {
     pub health_interval: Duration,
     /// Address of the metrics listener; `None` for none.
     pub metrics_listen: Option<String>,
+    /// Route at acceptance while the cheapest breaker is closed.
+    pub route_at_accept: bool,
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
     pub body_timeout: Duration,
@@ -271,6 +277,7 @@ impl TryFrom<ServeArgs> for GatewayConfig {
             pending_max: a.pending_max,
             health_interval: Duration::from_millis(a.health_interval_ms),
             metrics_listen: (a.metrics_listen != "off").then_some(a.metrics_listen),
+            route_at_accept: a.route_at_accept == "on",
             header_timeout: Duration::from_millis(a.header_timeout_ms),
             idle_timeout: Duration::from_millis(a.idle_timeout_ms),
             body_timeout: Duration::from_millis(a.body_timeout_ms),

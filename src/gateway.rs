@@ -66,7 +66,8 @@ pub async fn run_with(
     let (journal, state, restore) = open_journal(&config, metrics.as_ref().map(|m| m.journal.clone())).await?;
     let all_names = state.names().to_vec();
     let limits = LedgerLimits { pending_max: config.pending_max };
-    let (ledger, ledger_task) = Ledger::spawn(state, journal, queue.clone(), limits, restore, metrics.clone());
+    let route_at_accept = config.route_at_accept.then(|| router.clone());
+    let (ledger, ledger_task) = Ledger::spawn(state, journal, queue.clone(), limits, restore, metrics.clone(), route_at_accept);
     let sends = Arc::new(SendGate::default());
     let shared = Arc::new(Shared { router: router.clone(), ledger: ledger.clone(), sends: sends.clone(), queue: queue.clone() });
     let workers = dispatch::spawn(config.dispatch_workers, queue_rx, shared);

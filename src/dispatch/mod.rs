@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use crate::domain::UtcMillis;
 use crate::ledger::{IntentError, LedgerHandle, Settled, Work};
 use crate::metrics::Metrics;
+use crate::processor::breaker::Permit;
 use crate::processor::client::Lookup;
 use crate::processor::router::Router;
 use crate::processor::{Outcome, ProcessorIdx};
@@ -117,8 +118,8 @@ pub fn spawn(workers: usize, queue: WorkReceiver, shared: Arc<Shared>) -> Vec<Jo
                 let next = queue.lock().await.recv().await;
                 let Some(work) = next else { return };
                 match work.pinned {
-                    Some(_) => resolvers.pin(work, Duration::ZERO),
-                    None => {
+                    Some(_) if !work.fresh => resolvers.pin(work, Duration::ZERO),
+                    _ => {
                         if !forward(work, &shared, &resolvers).await {
                             shared.queue.ended();
                         }
@@ -141,26 +142,40 @@ pub(crate) fn backoff(attempt: u32) -> Duration {
 async fn forward(mut work: Work, s: &Shared, resolvers: &resolver::Resolvers) -> bool {
     let mut attempt = 0u32;
     loop {
-        let (processor, permit) = tokio::select! {
-            r = s.router.wait_route(work.accepted_at) => r,
-            _ = s.ledger.purged_since(work.generation) => return false,
+        let (processor, permit, requested_at, gate) = match (work.fresh, work.pinned) {
+            // Routed at acceptance: the intent is durable; send unless a purge came since.
+            (true, Some((processor, requested_at))) => {
+                work.fresh = false;
+                let gate = s.sends.0.read().await;
+                if s.ledger.generation() != work.generation {
+                    return false;
+                }
+                (processor, Permit::UNADMITTED, requested_at, gate)
+            }
+            _ => {
+                let (processor, permit) = tokio::select! {
+                    r = s.router.wait_route(work.accepted_at) => r,
+                    _ = s.ledger.purged_since(work.generation) => return false,
+                };
+                let gate = s.sends.0.read().await;
+                let requested_at = UtcMillis::now();
+                match s.ledger.intent(work, processor, requested_at).await {
+                    Ok(()) => {}
+                    Err(IntentError::Stale) => {
+                        s.router.abandon(processor, permit);
+                        return false;
+                    }
+                    Err(IntentError::Unavailable) => {
+                        s.router.abandon(processor, permit);
+                        drop(gate);
+                        attempt += 1;
+                        tokio::time::sleep(backoff(attempt)).await;
+                        continue;
+                    }
+                }
+                (processor, permit, requested_at, gate)
+            }
         };
-        let gate = s.sends.0.read().await;
-        let requested_at = UtcMillis::now();
-        match s.ledger.intent(work, processor, requested_at).await {
-            Ok(()) => {}
-            Err(IntentError::Stale) => {
-                s.router.abandon(processor, permit);
-                return false;
-            }
-            Err(IntentError::Unavailable) => {
-                s.router.abandon(processor, permit);
-                drop(gate);
-                attempt += 1;
-                tokio::time::sleep(backoff(attempt)).await;
-                continue;
-            }
-        }
         work.pinned = Some((processor, requested_at));
         let client = &s.router.upstream(processor).client;
         let outcome = s.pay(processor, work, requested_at).await;

@@ -82,7 +82,8 @@ pub struct FileOptions {
 }
 
 enum Msg<E, C> {
-    Append(Option<E>, C),
+    /// One event (or none: a barrier), and a second one that must share its commit.
+    Append(Option<E>, Option<E>, C),
     /// Cut the open segment back to its last durable length, after a failure.
     Repair(oneshot::Sender<Result<(), JournalError>>),
 }
@@ -133,10 +134,23 @@ impl<E: Record, C: Completion> Journal<E, C> {
     /// Appends `event` (or, with `None`, only waits for everything submitted before) and runs
     /// `done` once it is durable.
     pub fn submit(&mut self, event: Option<E>, done: C) {
-        match &self.backend {
-            Backend::Memory => done.complete(Ok(())),
-            Backend::File(tx) => {
-                if let Err(mpsc::SendError(Msg::Append(_, done))) = tx.send(Msg::Append(event, done)) {
+        self.send(Msg::Append(event, None, done));
+    }
+
+    /// Appends `first` and `second` in the same group commit (both durable, or neither
+    /// acknowledged) and runs `done` once they are durable.
+    pub fn submit_two(&mut self, first: E, second: E, done: C) {
+        self.send(Msg::Append(Some(first), Some(second), done));
+    }
+
+    fn send(&mut self, msg: Msg<E, C>) {
+        match (&self.backend, msg) {
+            (Backend::Memory, Msg::Append(_, _, done)) => done.complete(Ok(())),
+            (Backend::Memory, Msg::Repair(reply)) => {
+                let _ = reply.send(Ok(()));
+            }
+            (Backend::File(tx), msg) => {
+                if let Err(mpsc::SendError(Msg::Append(_, _, done))) = tx.send(msg) {
                     done.complete(Err(JournalError::Io("journal writer has stopped".into())));
                 }
             }
@@ -202,12 +216,14 @@ impl Writer {
             }
             for msg in msgs.drain(..) {
                 match msg {
-                    Msg::Append(event, done) => {
+                    Msg::Append(event, second, done) => {
                         match event {
                             Some(e) => {
-                                reset |= e.is_reset();
-                                needs_sync |= e.needs_sync();
-                                frame::append(|out| e.encode(out), &mut self.buf);
+                                for e in std::iter::once(e).chain(second) {
+                                    reset |= e.is_reset();
+                                    needs_sync |= e.needs_sync();
+                                    frame::append(|out| e.encode(out), &mut self.buf);
+                                }
                             }
                             // A barrier waits for everything before it, lazy records included.
                             None => needs_sync = true,

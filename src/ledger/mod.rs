@@ -41,6 +41,9 @@ pub struct Work {
     /// Sent to this processor with this `requestedAt`, outcome unknown: it must be resolved
     /// there before it may go anywhere else (SPEC §3.3).
     pub pinned: Option<(ProcessorIdx, UtcMillis)>,
+    /// Routed at acceptance: the intent for `pinned` became durable with the acceptance and
+    /// nothing has been sent yet, so dispatch sends it as a first request.
+    pub fresh: bool,
 }
 
 impl Work {
@@ -49,7 +52,7 @@ impl Work {
             Status::Sent { processor, requested_at } => Some((processor, requested_at)),
             _ => None,
         };
-        Work { id, cents: p.cents, accepted_at: p.accepted_at, ticket: p.ticket, generation, pinned }
+        Work { id, cents: p.cents, accepted_at: p.accepted_at, ticket: p.ticket, generation, pinned, fresh: false }
     }
 
     /// Whether this item is the one that may act on `p` now.
@@ -261,6 +264,11 @@ impl LedgerHandle {
         self.ask(|reply| Command::IsCurrent { work, reply }).await.unwrap_or(false)
     }
 
+    /// The purge generation now.
+    pub fn generation(&self) -> u64 {
+        *self.generation.borrow()
+    }
+
     /// Resolves once a purge newer than `generation` happened (or the ledger stopped).
     pub async fn purged_since(&self, generation: u64) {
         let mut rx = self.generation.clone();
@@ -300,6 +308,8 @@ pub struct Ledger {
     last_rebuild: Option<tokio::time::Instant>,
     log: LogLimiter,
     metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// With `--route-at-accept on`: the router whose cheapest breaker decides.
+    route_at_accept: Option<Arc<crate::processor::router::Router>>,
 }
 
 impl Ledger {
@@ -312,6 +322,7 @@ impl Ledger {
         limits: LedgerLimits,
         restore: Restore,
         metrics: Option<Arc<crate::metrics::Metrics>>,
+        route_at_accept: Option<Arc<crate::processor::router::Router>>,
     ) -> (LedgerHandle, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE_LEN);
         let healthy = Arc::new(AtomicBool::new(true));
@@ -332,6 +343,7 @@ impl Ledger {
             last_rebuild: None,
             log: LogLimiter::new(Duration::from_millis(JOURNAL_LOG_EVERY_MS)),
             metrics,
+            route_at_accept,
         };
         let all: Vec<_> =
             ledger.state.payments().filter(|(_, p)| !matches!(p.status, Status::Processed { .. })).map(|(id, _)| id).collect();
@@ -476,9 +488,24 @@ impl Ledger {
                     let accepted_at = UtcMillis::now();
                     let ticket = self.state.next_ticket();
                     let generation = *self.generation.borrow();
-                    let work = Work { id, cents, accepted_at, ticket, generation, pinned: None };
+                    // Routing at acceptance: while the cheapest processor's breaker is closed,
+                    // its intent shares the acceptance's sync, and dispatch only sends.
+                    let routed = self.route_at_accept.as_ref().is_some_and(|r| r.is_healthy(0));
+                    let pinned = routed.then_some((0, accepted_at));
+                    let work = Work { id, cents, accepted_at, ticket, generation, pinned, fresh: routed };
                     let done = Done::Accept { reply, work: Some((work, self.dispatch.clone())) };
-                    self.record(Event::Accepted { id, cents, accepted_at }, done);
+                    if routed {
+                        let (accepted, intent) =
+                            (Event::Accepted { id, cents, accepted_at }, Event::Intent { id, processor: 0, requested_at: accepted_at });
+                        for e in [&accepted, &intent] {
+                            if let Err(e) = self.state.apply(e) {
+                                panic!("ledger invariant broken: {e}");
+                            }
+                        }
+                        self.journal.submit_two(accepted, intent, done);
+                    } else {
+                        self.record(Event::Accepted { id, cents, accepted_at }, done);
+                    }
                 }
             },
             Command::Get { id, reply } => {
