@@ -113,13 +113,14 @@ def process_counters(pid):
     return cpu_s, vol, invol
 
 
-def with_server_cost(pid, fn):
+def with_server_cost(pid, fn, count="ok"):
     """Runs fn() (a load step) and adds the server's CPU time and context switches per request
-    answered: stable on a shared VM where latency is not."""
+    answered (`count` names the result's count of answered requests): stable on a shared VM
+    where latency is not."""
     before = process_counters(pid)
     result = fn()
     after = process_counters(pid)
-    n = max(1, result.get("ok", 0))
+    n = max(1, result.get(count, 0))
     result["server_cpu_us_per_req"] = round((after[0] - before[0]) * 1e6 / n, 1)
     result["server_cs_per_req"] = round(((after[1] - before[1]) + (after[2] - before[2])) / n, 2)
     return result
@@ -196,12 +197,15 @@ def run_sweep(bins, runs, step_s):
     save("sweep", {"step_s": step_s, "commit": commit(), **got})
 
 
+CONTEST_SIDES = {"paygate": [], "paygate-fsync-off": ["--fsync", "off"]}
+
+
 def run_contest(bins, runs):
-    print("[contest] k6 contest scenario: paygate vs bare hyper", flush=True)
+    print("[contest] k6 contest scenario: paygate (fsync on, off) vs bare hyper", flush=True)
 
     def side(s):
         server = [str(bins["bare"]), "127.0.0.1:0"] if s == "bare" else None
-        argv = server or gateway_argv(bins["release"])
+        argv = server or gateway_argv(bins["release"], CONTEST_SIDES[s])
         stack = Stack(bins["release"], argv, server_marker="bare-hyper listening on " if server else "paygate listening on ")
         try:
             out = stack.dir / "contest.json"
@@ -212,12 +216,13 @@ def run_contest(bins, runs):
                 subprocess.run(["k6", "run", "--quiet", "loadtest/contest.js"], cwd=ROOT, env=env, check=False,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 return json.loads(out.read_text())
-            return with_steal(k6)
+            pid = stack.server.p.pid
+            return with_steal(lambda: with_server_cost(pid, k6, count="payments_sent"))
         finally:
             stack.stop()
 
-    got = interleaved(runs, ["paygate", "bare"], side)
-    save("contest", {"commit": commit(), "paygate": got["paygate"], "bare": got["bare"]})
+    got = interleaved(runs, [*CONTEST_SIDES, "bare"], side)
+    save("contest", {"commit": commit(), **got})
 
 
 def criterion_ab(runs, group, sides):
@@ -344,7 +349,9 @@ def render_matrix(name):
     a, b = d["A"], d["B"]
     rows = [(f"A: {a['variant']} {' '.join(a['args'])}".strip(), a["runs"]), (f"B: {b['variant']} {' '.join(b['args'])}".strip(), b["runs"])]
     out = latency_table(rows)
-    out += ["", f"Generated verdict: **{verdict(lat(a['runs'], 'p99'), lat(b['runs'], 'p99'))}**; "
+    cpu = [[r["server_cpu_us_per_req"] for r in side["runs"] if "server_cpu_us_per_req" in r] for side in (a, b)]
+    cpu_verdict = f", **{verdict(cpu[0], cpu[1], 'CPU per request')}**" if all(cpu) else ""
+    out += ["", f"Generated verdict: **{verdict(lat(a['runs'], 'p99'), lat(b['runs'], 'p99'))}**{cpu_verdict}; "
                 f"{d['rate']}/s open model for {d['duration_s']} s per run, commit `{d['commit']}`, {d['recorded_at']}, {d['machine']}."]
     return out
 
@@ -381,16 +388,21 @@ def render_contest():
     d = load("contest")
     if not d:
         return None
-    out = ["| server | runs | p99 ms (median) | p99 spread | inconsistencies (max) | lag (max) | fallback payments (max) | CPU stolen % (median, range) |",
-           "|---|---|---|---|---|---|---|---|"]
-    for label, key in (("paygate", "paygate"), ("bare hyper (floor)", "bare")):
-        runs = d[key]
+    out = ["| server | runs | p99 ms (median) | p99 spread | inconsistencies (max) | lag (max) | fallback payments (max) | "
+           "server CPU µs/payment (median, range) | context switches/payment | CPU stolen % (median, range) |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = [("paygate, `--fsync on`", "paygate"), ("paygate, `--fsync off`", "paygate-fsync-off"), ("bare hyper (floor)", "bare")]
+    for label, key in rows:
+        runs = d.get(key)
+        if not runs:
+            continue
         p99 = [r["p99_ms"] for r in runs]
         if key == "bare":
             tail = "n/a (does no work) | n/a | n/a"
         else:
             tail = f"{max(r['inconsistencies'] for r in runs)} | {max(r['lag'] for r in runs)} | {max(r['payments']['fallback'] for r in runs)}"
-        out.append(f"| {label} | {len(runs)} | {fmt(med(p99))} | {spread(p99)} | {tail} | {steal(runs)} |")
+        out.append(f"| {label} | {len(runs)} | {fmt(med(p99))} | {spread(p99)} | {tail} | "
+                   f"{per_req(runs, 'server_cpu_us_per_req')} | {per_req(runs, 'server_cs_per_req')} | {steal(runs)} |")
     pg, floor = med([r["p99_ms"] for r in d["paygate"]]), med([r["p99_ms"] for r in d["bare"]])
     out += ["", f"paygate's p99 is {100 * (pg / floor - 1):+.0f} % of the floor's (target: within +10 %); commit `{d['commit']}`, {d['recorded_at']}."]
     return out
