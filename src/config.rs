@@ -390,17 +390,26 @@ mod tests {
         assert_eq!(c.processors, vec![("default".into(), "http://a:8080".into()), ("fallback".into(), "http://b:8080".into())]);
     }
 
-    #[test]
-    fn config_file_fills_only_unset_options() {
-        let dir = std::env::temp_dir().join(format!("paygate-cfg-{}", std::process::id()));
+    /// Parses `serve --config FILE ARGS` where FILE holds `text`.
+    fn serve_with_file(tag: &str, text: &str, args: &[&str]) -> GatewayConfig {
+        let dir = std::env::temp_dir().join(format!("paygate-cfg-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("paygate.conf");
-        std::fs::write(&file, "# test\nlisten = 127.0.0.1:1\nmax-defer-ms = 7\nprocessor = default=http://c:1\n").unwrap();
-        let c = serve(&["--config", file.to_str().unwrap(), "--listen", "127.0.0.1:2"]);
+        std::fs::write(&file, text).unwrap();
+        let mut all = vec!["--config", file.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let c = serve(&all);
+        std::fs::remove_dir_all(dir).unwrap();
+        c
+    }
+
+    #[test]
+    fn config_file_fills_only_unset_options() {
+        let text = "# test\nlisten = 127.0.0.1:1\nmax-defer-ms = 7\nprocessor = default=http://c:1\n";
+        let c = serve_with_file("unset", text, &["--listen", "127.0.0.1:2"]);
         assert_eq!(c.listen, "127.0.0.1:2");
         assert_eq!(c.max_defer, Duration::from_millis(7));
         assert_eq!(c.processors, vec![("default".into(), "http://c:1".into())]);
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
@@ -431,14 +440,9 @@ mod tests {
 
     #[test]
     fn config_file_token_with_hash_reaches_the_config() {
-        let dir = std::env::temp_dir().join(format!("paygate-cfg-hash-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("paygate.conf");
-        std::fs::write(&file, "admin-token = abc#123   # comment\nlisten = \"127.0.0.1:3\"\n").unwrap();
-        let c = serve(&["--config", file.to_str().unwrap()]);
+        let c = serve_with_file("hash", "admin-token = abc#123   # comment\nlisten = \"127.0.0.1:3\"\n", &[]);
         assert_eq!(c.admin_token.as_deref(), Some("abc#123"));
         assert_eq!(c.listen, "127.0.0.1:3");
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -69,7 +69,13 @@ pub async fn run_with(
     let route_at_accept = config.route_at_accept.then(|| router.clone());
     let (ledger, ledger_task) = Ledger::spawn(state, journal, queue.clone(), limits, restore, metrics.clone(), route_at_accept);
     let sends = Arc::new(SendGate::default());
-    let shared = Arc::new(Shared { router: router.clone(), ledger: ledger.clone(), sends: sends.clone(), queue: queue.clone() });
+    let shared = Arc::new(Shared {
+        router: router.clone(),
+        ledger: ledger.clone(),
+        sends: sends.clone(),
+        queue: queue.clone(),
+        metrics: metrics.clone(),
+    });
     let workers = dispatch::spawn(config.dispatch_workers, queue_rx, shared);
     let mut monitors = processor::health::spawn(router.clone(), config.health_interval);
     monitors.extend((0..router.upstreams().len()).map(|idx| {
@@ -196,10 +202,7 @@ async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>, api: Arc<Ap
         let (metrics, api) = (metrics.clone(), api.clone());
         async move {
             if req.uri().path() != "/metrics" {
-                return crate::http::json(
-                    hyper::StatusCode::NOT_FOUND,
-                    &b"{\"error\":\"not_found\",\"message\":\"metrics are at /metrics\"}"[..],
-                );
+                return crate::api::error::ApiError::RouteNotFound.into_response();
             }
             if let Ok(b) = api.ledger.backlog().await {
                 metrics.pending.set(b.pending as i64);

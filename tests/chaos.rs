@@ -9,8 +9,8 @@ mod common;
 
 use std::time::Duration;
 
+use common::Http;
 use common::procs::{self, TempDir};
-use common::{Http, SIM_TOKEN, cents};
 use hyper::StatusCode;
 use paygate::domain::time::Rounding;
 use paygate::domain::{CorrelationId, UtcMillis};
@@ -37,11 +37,6 @@ async fn recorded_at(http: &Http, sim: &str, id: CorrelationId) -> Option<UtcMil
         StatusCode::NOT_FOUND => None,
         s => panic!("{sim}/payments/{id}: {s}"),
     }
-}
-
-async fn sim_totals(http: &Http, sim: &str) -> (u64, u128) {
-    let v = http.get_json(&format!("{sim}/admin/payments-summary"), &[("X-Rinha-Token", SIM_TOKEN)]).await;
-    (v["totalRequests"].as_u64().unwrap(), cents(&v["totalAmount"]))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -122,7 +117,7 @@ async fn a_processor_frozen_with_sigstop_delays_only_the_payments_pinned_to_it()
     assert!(checked > 50, "only {checked} payments fell in the frozen window");
 
     let g = http.gateway_summary(&gateway.url, "").await;
-    assert_eq!(common::totals_of(&g, "default"), sim_totals(&http, &default.url).await);
-    assert_eq!(common::totals_of(&g, "fallback"), sim_totals(&http, &fallback.url).await);
+    assert_eq!(common::totals_of(&g, "default"), http.sim_totals_at(&default.url, "").await);
+    assert_eq!(common::totals_of(&g, "fallback"), http.sim_totals_at(&fallback.url, "").await);
     drop(gateway);
 }

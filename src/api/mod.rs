@@ -85,14 +85,15 @@ impl Api {
     /// `X-Request-Id`, or one made here), which the response carries back.
     async fn answer(&self, req: Request<Incoming>) -> Response<Body> {
         let given_id = req.headers().get(REQUEST_ID).cloned();
-        let (method, path) = (req.method().clone(), req.uri().path().to_string());
+        // Both clones share the request's buffers: nothing is allocated unless it is logged.
+        let (method, uri) = (req.method().clone(), req.uri().clone());
         match self.route(req).await {
             Ok(resp) => resp,
             Err(e) => {
                 let mut resp = e.into_response();
                 if resp.status().is_server_error() {
                     let id = given_id.unwrap_or_else(|| HeaderValue::from_str(&next_request_id()).expect("digits and a dash"));
-                    tracing::warn!(request_id = ?id, %method, %path, status = resp.status().as_u16(), "request refused");
+                    tracing::warn!(request_id = ?id, %method, path = uri.path(), status = resp.status().as_u16(), "request refused");
                     resp.headers_mut().insert(REQUEST_ID, id);
                 }
                 resp

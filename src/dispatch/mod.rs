@@ -20,7 +20,6 @@ use crate::domain::UtcMillis;
 use crate::ledger::{IntentError, LedgerHandle, Settled, Work};
 use crate::metrics::Metrics;
 use crate::processor::breaker::Permit;
-use crate::processor::client::Lookup;
 use crate::processor::router::Router;
 use crate::processor::{Outcome, ProcessorIdx};
 
@@ -91,6 +90,7 @@ pub struct Shared {
     pub ledger: LedgerHandle,
     pub sends: Arc<SendGate>,
     pub queue: WorkQueue,
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 impl Shared {
@@ -98,7 +98,7 @@ impl Shared {
     async fn pay(&self, processor: ProcessorIdx, work: Work, requested_at: UtcMillis) -> Outcome {
         let started = std::time::Instant::now();
         let outcome = self.router.upstream(processor).client.pay(work.id, work.cents, requested_at).await;
-        if let Some(m) = &self.queue.metrics {
+        if let Some(m) = &self.metrics {
             m.upstream(usize::from(processor), outcome, started.elapsed());
         }
         outcome
@@ -187,12 +187,12 @@ async fn forward(mut work: Work, s: &Shared, resolvers: &resolver::Resolvers) ->
             }
             // Recorded by an earlier request: count it at the requestedAt the processor holds,
             // which only its record tells.
-            Outcome::Duplicate => match client.lookup(work.id).await {
-                Lookup::Found { requested_at } => {
+            Outcome::Duplicate => match client.recorded_at(work.id).await {
+                Some(requested_at) => {
                     s.ledger.settle(work, Settled::Processed { requested_at }).await;
                     return false;
                 }
-                Lookup::NotFound | Lookup::Unavailable => {
+                None => {
                     drop(gate);
                     resolvers.pin(work, backoff(1));
                     return true;

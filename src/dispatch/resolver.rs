@@ -17,7 +17,6 @@ use tokio::time::Instant;
 use super::{Shared, backoff};
 use crate::ledger::{Settled, Work};
 use crate::processor::breaker::Permit;
-use crate::processor::client::Lookup;
 use crate::processor::{Outcome, ProcessorIdx};
 
 /// Resolution attempts in flight per processor (each is a lookup and perhaps a re-send).
@@ -121,17 +120,14 @@ async fn attempt(s: Arc<Shared>, idx: ProcessorIdx, work: Work, attempt: u32) ->
     }
     let (_, requested_at) = work.pinned.expect("pinned");
     let client = &s.router.upstream(idx).client;
-    let recorded_at = match client.lookup(work.id).await {
-        Lookup::Found { requested_at: at } => Some(at),
-        Lookup::NotFound | Lookup::Unavailable => {
+    let recorded_at = match client.recorded_at(work.id).await {
+        Some(at) => Some(at),
+        None => {
             let outcome = s.pay(idx, work, requested_at).await;
             s.router.report(idx, Permit::UNADMITTED, outcome);
             match outcome {
                 Outcome::Recorded => Some(requested_at),
-                Outcome::Duplicate => match client.lookup(work.id).await {
-                    Lookup::Found { requested_at: at } => Some(at),
-                    Lookup::NotFound | Lookup::Unavailable => None,
-                },
+                Outcome::Duplicate => client.recorded_at(work.id).await,
                 Outcome::NotRecorded | Outcome::Unknown => None,
             }
         }

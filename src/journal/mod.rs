@@ -172,14 +172,7 @@ impl<E: Record, C: Completion> Journal<E, C> {
     /// submitted before. `Ok` means the files hold exactly the durable events again.
     pub fn repair(&mut self) -> oneshot::Receiver<Result<(), JournalError>> {
         let (reply, rx) = oneshot::channel();
-        match &self.backend {
-            Backend::Memory => {
-                let _ = reply.send(Ok(()));
-            }
-            Backend::File(tx) => {
-                let _ = tx.send(Msg::Repair(reply));
-            }
-        }
+        self.send(Msg::Repair(reply));
         rx
     }
 }

@@ -124,9 +124,6 @@ enum Command {
         work: Work,
         reply: oneshot::Sender<bool>,
     },
-    Unfinished {
-        reply: oneshot::Sender<usize>,
-    },
     Backlog {
         reply: oneshot::Sender<Backlog>,
     },
@@ -237,11 +234,6 @@ impl LedgerHandle {
         self.ask(|reply| Command::Summary { from, to, reply }).await
     }
 
-    /// Accepted payments not yet processed.
-    pub async fn unfinished(&self) -> Result<usize, Stopped> {
-        self.ask(|reply| Command::Unfinished { reply }).await
-    }
-
     /// The backlog and its oldest payment. Scans every payment on the ledger's task: for
     /// scrapes (every few seconds), not for the request path.
     pub async fn backlog(&self) -> Result<Backlog, Stopped> {
@@ -345,9 +337,9 @@ impl Ledger {
             metrics,
             route_at_accept,
         };
-        let all: Vec<_> =
-            ledger.state.payments().filter(|(_, p)| !matches!(p.status, Status::Processed { .. })).map(|(id, _)| id).collect();
-        ledger.dispatch_these(&all);
+        for (id, p) in ledger.state.payments().filter(|(_, p)| !matches!(p.status, Status::Processed { .. })) {
+            ledger.dispatch.push(Work::new(id, p, 0));
+        }
         let task = tokio::spawn(ledger.run(rx));
         (LedgerHandle { tx, healthy, generation: generation_rx, stats }, task)
     }
@@ -468,10 +460,14 @@ impl Ledger {
     /// Applies `event` and journals it. An event that does not apply is a defect in the
     /// ledger itself: stop rather than corrupt the books.
     fn record(&mut self, event: Event, done: Done) {
-        if let Err(e) = self.state.apply(&event) {
+        self.apply(&event);
+        self.journal.submit(Some(event), done);
+    }
+
+    fn apply(&mut self, event: &Event) {
+        if let Err(e) = self.state.apply(event) {
             panic!("ledger invariant broken: {e}");
         }
-        self.journal.submit(Some(event), done);
     }
 
     fn handle(&mut self, cmd: Command) {
@@ -497,11 +493,8 @@ impl Ledger {
                     if routed {
                         let (accepted, intent) =
                             (Event::Accepted { id, cents, accepted_at }, Event::Intent { id, processor: 0, requested_at: accepted_at });
-                        for e in [&accepted, &intent] {
-                            if let Err(e) = self.state.apply(e) {
-                                panic!("ledger invariant broken: {e}");
-                            }
-                        }
+                        self.apply(&accepted);
+                        self.apply(&intent);
                         self.journal.submit_two(accepted, intent, done);
                     } else {
                         self.record(Event::Accepted { id, cents, accepted_at }, done);
@@ -513,9 +506,6 @@ impl Ledger {
             }
             Command::Summary { from, to, reply } => {
                 let _ = reply.send(self.state.summary(from, to));
-            }
-            Command::Unfinished { reply } => {
-                let _ = reply.send(self.state.unfinished());
             }
             Command::Backlog { reply } => {
                 let _ = reply.send(Backlog { pending: self.state.unfinished(), oldest_accepted_at: self.state.oldest_unfinished() });

@@ -121,7 +121,7 @@ impl Breaker {
     }
 
     /// Records a failure; returns true when this changed whether requests may flow.
-    pub fn failure(&mut self, permit: Permit, now: Instant) -> bool {
+    pub fn failure(&mut self, _permit: Permit, now: Instant) -> bool {
         match self.state {
             State::Closed { consecutive_failures } if consecutive_failures + 1 < FAILURES_TO_OPEN => {
                 self.state = State::Closed { consecutive_failures: consecutive_failures + 1 };
@@ -129,7 +129,6 @@ impl Breaker {
             }
             State::Closed { .. } | State::HalfOpen { .. } => {
                 // Half-open, any failure is news worth a cool-down, the probe's or another's.
-                let _ = permit;
                 self.open(now);
                 true
             }

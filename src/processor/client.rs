@@ -112,6 +112,14 @@ impl ProcessorClient {
         outcome
     }
 
+    /// The `requestedAt` the processor holds for `id`, when a lookup can read one.
+    pub async fn recorded_at(&self, id: CorrelationId) -> Option<UtcMillis> {
+        match self.lookup(id).await {
+            Lookup::Found { requested_at } => Some(requested_at),
+            Lookup::NotFound | Lookup::Unavailable => None,
+        }
+    }
+
     /// `GET /payments/{id}`: what the processor recorded, if anything. Only a record we can
     /// read proves it was recorded, and when.
     pub async fn lookup(&self, id: CorrelationId) -> Lookup {

@@ -160,7 +160,12 @@ impl Http {
 
     /// A simulator's own books as (count, cents).
     pub async fn sim_totals(&self, sim: &RunningSim, window: &str) -> (u64, u128) {
-        let v = self.get_json(&format!("{}/admin/payments-summary{window}", sim.url), &[("X-Rinha-Token", SIM_TOKEN)]).await;
+        self.sim_totals_at(&sim.url, window).await
+    }
+
+    /// The books of the simulator at `url` (in-process or a process of its own).
+    pub async fn sim_totals_at(&self, url: &str, window: &str) -> (u64, u128) {
+        let v = self.get_json(&format!("{url}/admin/payments-summary{window}"), &[("X-Rinha-Token", SIM_TOKEN)]).await;
         (v["totalRequests"].as_u64().unwrap(), cents(&v["totalAmount"]))
     }
 }
