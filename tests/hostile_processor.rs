@@ -489,8 +489,10 @@ async fn statuses_that_prove_nothing_was_recorded_send_payments_to_fallback_exac
         let fallback = start_sim(SimConfig::new(150_000)).await;
         let gw = start_gateway(hostile_config(&fake, &fallback)).await;
         let http = Http::default();
-        let ids = pay_batch(&http, &gw.url, PAYMENTS).await;
-        for &id in &ids {
+        // One at a time: a lone payment's own retries must not keep taking `default`'s probe
+        // slot (its health endpoint says healthy all along) and never reach `fallback`.
+        for _ in 0..PAYMENTS {
+            let id = pay_batch(&http, &gw.url, 1).await[0];
             eventually(WAIT_LIMIT, &format!("{label}: {id} processed"), || async {
                 payment_view(&http, &gw.url, id).await["status"] == "processed"
             })

@@ -113,6 +113,11 @@ impl Breaker {
         }
     }
 
+    /// Admits only while closed, when a request takes no probe slot.
+    pub fn admit_closed(&self) -> Option<Permit> {
+        self.is_closed().then_some(Permit { probe: None })
+    }
+
     /// Records a success; returns true when this changed the breaker's state.
     pub fn success(&mut self, _permit: Permit) -> bool {
         let changed = !matches!(self.state, State::Closed { .. });

@@ -70,19 +70,29 @@ impl Router {
         self.upstream(idx).breaker.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Within its defer a payment waits for the cheapest processor. Past it, the payment goes
+    /// to the cheapest processor whose breaker is closed, and only when none is closed to the
+    /// cheapest that admits a probe: otherwise a processor that rejects every payment while its
+    /// health endpoint says healthy would hand its probe slot back to the same lone payment on
+    /// every retry, and that payment would never reach the processor that works.
     fn route(&self, accepted_at: UtcMillis) -> Route {
         let now = Instant::now();
         let defer_left_ms = accepted_at.0 + self.max_defer.as_millis() as i64 - UtcMillis::now().0;
+        if defer_left_ms > 0 {
+            return match self.breaker(0).admit(now) {
+                Admit::Yes(permit) => Route::Go(0, permit),
+                Admit::NotBefore(t) => Route::Wait(Some(t.min(now + Duration::from_millis(defer_left_ms as u64)))),
+            };
+        }
+        let all = 0..self.upstreams.len() as ProcessorIdx;
+        if let Some((idx, permit)) = all.clone().find_map(|idx| self.breaker(idx).admit_closed().map(|p| (idx, p))) {
+            return Route::Go(idx, permit);
+        }
         let mut wake: Option<Instant> = None;
-        let mut earliest = |t: Instant| wake = Some(wake.map_or(t, |w| w.min(t)));
-        for idx in 0..self.upstreams.len() as ProcessorIdx {
+        for idx in all {
             match self.breaker(idx).admit(now) {
                 Admit::Yes(permit) => return Route::Go(idx, permit),
-                Admit::NotBefore(t) => earliest(t),
-            }
-            if defer_left_ms > 0 {
-                earliest(now + Duration::from_millis(defer_left_ms as u64));
-                break;
+                Admit::NotBefore(t) => wake = Some(wake.map_or(t, |w| w.min(t))),
             }
         }
         Route::Wait(wake)
@@ -197,5 +207,48 @@ impl Router {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::processor::breaker::FAILURES_TO_OPEN;
+
+    const MAX_DEFER_MS: i64 = 10_000;
+
+    fn router() -> Router {
+        let client = || ProcessorClient::new("http://127.0.0.1:9", Duration::from_millis(100));
+        let upstreams = vec![("default".to_string(), client()), ("fallback".to_string(), client())];
+        Router::new(upstreams, Duration::from_millis(MAX_DEFER_MS as u64), Duration::from_secs(1))
+    }
+
+    fn fail(r: &Router, idx: ProcessorIdx) {
+        for _ in 0..FAILURES_TO_OPEN {
+            r.report(idx, Permit::UNADMITTED, Outcome::NotRecorded);
+        }
+    }
+
+    #[test]
+    fn past_its_defer_a_payment_takes_a_closed_processor_before_a_cheaper_ones_probe() {
+        let r = router();
+        // `default` rejects payments while its health endpoint says healthy: half-open, its
+        // probe slot free.
+        fail(&r, 0);
+        r.health_report(0, false, 0);
+        assert_eq!(r.phase(0), Phase::HalfOpen);
+        let new = UtcMillis::now();
+        let overdue = UtcMillis(new.0 - 2 * MAX_DEFER_MS);
+        // Past its defer: the closed `fallback`, leaving the probe slot alone.
+        assert!(matches!(r.route(overdue), Route::Go(1, _)));
+        // Within its defer: the probe of `default`, once.
+        assert!(matches!(r.route(new), Route::Go(0, p) if p != Permit::UNADMITTED));
+        assert!(matches!(r.route(new), Route::Wait(Some(_))));
+        // With nothing closed, a payment past its defer waits for the probe's outcome.
+        fail(&r, 1);
+        assert!(matches!(r.route(overdue), Route::Wait(Some(_))));
+        // Then, `fallback` half-open too: the cheapest probe slot that is free.
+        r.health_report(1, false, 0);
+        assert!(matches!(r.route(overdue), Route::Go(1, p) if p != Permit::UNADMITTED));
     }
 }
