@@ -25,6 +25,10 @@ setup:
 build:
     {{native}} cargo build --release --bins --examples
 
+# Profile-guided build: instrumented gateway under a training load, then a build with its profile (scripts/pgo.py).
+pgo *ARGS:
+    python3 scripts/pgo.py {{ARGS}}
+
 # Run a processor simulator (e.g. `just sim --listen 127.0.0.1:8001 --fee 0.05`).
 sim *ARGS:
     {{native}} cargo run --release -- processor-sim {{ARGS}}

@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_env import ROOT, Stack, build, gateway_argv  # noqa: E402
+from pgo import build_pgo  # noqa: E402
 
 RESULTS = ROOT / "perf" / "results"
 PERF_MD = ROOT / "perf.md"
@@ -35,6 +36,7 @@ VARIANTS = {
     "generic-cpu": {"rustflags": "-C target-cpu=x86-64"},
     "system-alloc": {"cargo_args": ["--no-default-features", "--features", "foldhash,json-fast-path"]},
     "siphash": {"cargo_args": ["--no-default-features", "--features", "mimalloc,json-fast-path"]},
+    "simd-json": {"cargo_args": ["--no-default-features", "--features", "mimalloc,foldhash,simd-json"]},
     "fxhash": {"cargo_args": ["--no-default-features", "--features", "mimalloc,json-fast-path,fxhash"]},
     # Code changes, measured against the commit just before them.
     "before-lazy-sync": {"ref": "08d17f8"},
@@ -44,6 +46,8 @@ VARIANTS = {
     "with-writev-false": {"ref": "49a582a"},
     "mutex-receiver": {"ref": "52e825f"},
     "mpmc-receiver": {"ref": "6e4e3c4"},
+    # Built by scripts/pgo.py: instrumented build, training load, profile-use build.
+    "pgo": {"pgo": True},
 }
 
 # strategy -> (title, (variant A, gateway args A), (variant B, gateway args B))
@@ -65,9 +69,15 @@ STRATEGIES = {
                         ("release", ["--route-at-accept", "on"]), ("release", ["--route-at-accept", "off"])),
     "metrics": ("Prometheus metrics on vs off (--metrics-listen off times nothing)",
                 ("release", ["--metrics-listen", "127.0.0.1:0"]), ("release", ["--metrics-listen", "off"])),
+    "simd-json": ("request bodies by the exact-layout fast path vs by simd-json", ("release", []), ("simd-json", [])),
+    "pgo": ("profile-guided (PGO) release build vs the release build", ("pgo", []), ("release", [])),
     "fsync": ("--fsync on vs off", ("release", ["--fsync", "on"]), ("release", ["--fsync", "off"])),
     "prealloc": ("journal segments zero-filled ahead (1 MiB) vs appended", ("release", []), ("release", ["--journal-prealloc-kib", "0"])),
     "workers": ("tokio worker threads: 2 vs 1", ("release", ["--worker-threads", "2"]), ("release", ["--worker-threads", "1"])),
+    "runtime": ("tokio current_thread runtime vs the work-stealing pool (one worker per core)",
+                ("release", ["--runtime", "current-thread"]), ("release", [])),
+    "runtime-1": ("tokio current_thread runtime vs a work-stealing pool of one worker",
+                  ("release", ["--runtime", "current-thread"]), ("release", ["--worker-threads", "1"])),
     "lazy-sync": ("processors' answers as lazy (unsynced) records vs synced", ("release", []), ("before-lazy-sync", [])),
     "intent-at-accept": ("intent journaled with the acceptance vs by dispatch", ("release", []), ("before-intent-at-accept", [])),
 }
@@ -197,11 +207,11 @@ def run_sweep(bins, runs, step_s):
     save("sweep", {"step_s": step_s, "commit": commit(), **got})
 
 
-CONTEST_SIDES = {"paygate": [], "paygate-fsync-off": ["--fsync", "off"]}
+CONTEST_SIDES = {"paygate": [], "paygate-fsync-off": ["--fsync", "off"], "paygate-current-thread": ["--runtime", "current-thread"]}
 
 
 def run_contest(bins, runs):
-    print("[contest] k6 contest scenario: paygate (fsync on, off) vs bare hyper", flush=True)
+    print("[contest] k6 contest scenario: paygate (fsync on, off, current_thread runtime) vs bare hyper", flush=True)
 
     def side(s):
         server = [str(bins["bare"]), "127.0.0.1:0"] if s == "bare" else None
@@ -243,11 +253,18 @@ def criterion_ab(runs, group, sides):
     return interleaved(runs, list(sides), lambda side: criterion_medians(cargo(side, "--", group) / "criterion" / group))
 
 
+PARSER_SIDES = {
+    "fast-path": [],
+    "serde-only": ["--no-default-features", "--features", "mimalloc,foldhash"],
+    "simd-json": ["--no-default-features", "--features", "mimalloc,foldhash,simd-json"],
+}
+
+
 def run_parser(runs):
-    """The JSON fast path on vs off: hot_paths' parse_payment benches from two builds (default
-    features vs without `json-fast-path`), run interleaved; keeps each run's criterion medians."""
-    sides = {"fast-path": [], "serde-only": ["--no-default-features", "--features", "mimalloc,foldhash"]}
-    save("parser", {"commit": commit(), **criterion_ab(runs, "parse_payment", sides)})
+    """The JSON parsers: hot_paths' parse_payment benches from three builds (the exact-layout
+    fast path over serde_json, serde_json alone, simd-json alone), run interleaved; keeps each
+    run's criterion medians."""
+    save("parser", {"commit": commit(), **criterion_ab(runs, "parse_payment", PARSER_SIDES)})
 
 
 HASH_SIDES = {
@@ -391,7 +408,8 @@ def render_contest():
     out = ["| server | runs | p99 ms (median) | p99 spread | inconsistencies (max) | lag (max) | fallback payments (max) | "
            "server CPU µs/payment (median, range) | context switches/payment | CPU stolen % (median, range) |",
            "|---|---|---|---|---|---|---|---|---|---|"]
-    rows = [("paygate, `--fsync on`", "paygate"), ("paygate, `--fsync off`", "paygate-fsync-off"), ("bare hyper (floor)", "bare")]
+    rows = [("paygate, `--fsync on`", "paygate"), ("paygate, `--fsync off`", "paygate-fsync-off"),
+            ("paygate, `--fsync on --runtime current-thread`", "paygate-current-thread"), ("bare hyper (floor)", "bare")]
     for label, key in rows:
         runs = d.get(key)
         if not runs:
@@ -404,7 +422,8 @@ def render_contest():
         out.append(f"| {label} | {len(runs)} | {fmt(med(p99))} | {spread(p99)} | {tail} | "
                    f"{per_req(runs, 'server_cpu_us_per_req')} | {per_req(runs, 'server_cs_per_req')} | {steal(runs)} |")
     pg, floor = med([r["p99_ms"] for r in d["paygate"]]), med([r["p99_ms"] for r in d["bare"]])
-    out += ["", f"paygate's p99 is {100 * (pg / floor - 1):+.0f} % of the floor's (target: within +10 %); commit `{d['commit']}`, {d['recorded_at']}."]
+    out += ["", f"paygate's p99 (`--fsync on`) is {pg / floor:.2f} × the floor's (issue 11's target: ≤ 1.3 ×, stretch 1.1 ×); "
+            f"commit `{d['commit']}`, {d['recorded_at']}, {d.get('machine', '')}."]
     return out
 
 
@@ -441,8 +460,8 @@ def render_parser():
         return None
     out = ["| body | build | runs | median per parse | spread |", "|---|---|---|---|---|"]
     for body in ("contest_body", "spaced_body"):
-        for side in ("fast-path", "serde-only"):
-            xs = [r[body] for r in d[side] if body in r]
+        for side in PARSER_SIDES:
+            xs = [r[body] for r in d.get(side, []) if body in r]
             if xs:
                 out.append(f"| `{body}` | {side} | {len(xs)} | {ns(med(xs))} | {ns(min(xs))}–{ns(max(xs))} |")
     out += ["", f"criterion medians, builds run alternately; commit `{d['commit']}`, {d['recorded_at']}, {d['machine']}."]
@@ -543,7 +562,7 @@ def main():
         needed = {"release"} if only & {"matrix", "targets", "sweep", "contest"} else set()
         if "matrix" in only:
             needed |= {STRATEGIES[s][1][0] for s in strategies} | {STRATEGIES[s][2][0] for s in strategies}
-        bins = {v: build(v, **VARIANTS[v]) for v in sorted(needed)}
+        bins = {v: build_pgo(retrain=False) if VARIANTS[v].get("pgo") else build(v, **VARIANTS[v]) for v in sorted(needed)}
         if only & {"targets", "sweep", "contest"}:
             bins["bare"] = build("release", target="bare_hyper", example=True)
         if "matrix" in only:

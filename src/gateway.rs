@@ -104,6 +104,9 @@ pub async fn run_with(
         processors = ?config.processors,
         max_defer_ms = config.max_defer.as_millis() as u64,
         fsync = config.fsync,
+        // One per CPU this process may use (its affinity mask and a cgroup CPU quota, rounded
+        // up) unless --worker-threads says otherwise.
+        worker_threads = tokio::runtime::Handle::current().metrics().num_workers(),
         "paygate serving"
     );
     let handler_api = api.clone();

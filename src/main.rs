@@ -22,7 +22,10 @@ const EXIT_SECOND_SIGTERM: i32 = 143;
 fn main() {
     let cli = config::parse(std::env::args_os().collect()).unwrap_or_else(|e| e.exit());
     init_logging(matches!(&cli.command, Command::Serve(a) if a.log_format == "json"));
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    let mut runtime = match &cli.command {
+        Command::Serve(args) if args.runtime == "current-thread" => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
     if let Command::Serve(args) = &cli.command
         && let Some(n) = args.worker_threads
     {
