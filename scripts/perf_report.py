@@ -524,12 +524,33 @@ def load(name):
     return json.loads(p.read_text()) if p.exists() else None
 
 
+SYSCALL_COLUMNS = ["futex", "epoll_wait", "pwrite64", "fdatasync", "write", "recvfrom", "writev"]
+
+
+def render_syscalls():
+    """perf/results/syscalls-RATE[-TAG].json, written by scripts/syscalls.py."""
+    found = []
+    for path in RESULTS.glob("syscalls-*.json"):
+        d = json.loads(path.read_text())
+        found.append((d["rate"], d.get("gateway_args", ""), d))
+    if not found:
+        return None
+    out = ["| rate | gateway arguments | payments | syscalls per payment | " + " | ".join(f"`{c}`" for c in SYSCALL_COLUMNS) + " |",
+           "|---|---|---|---|" + "---|" * len(SYSCALL_COLUMNS)]
+    for rate, args, d in sorted(found, key=lambda f: (f[0], f[1])):
+        cells = " | ".join(f"{d['by_call'].get(c, 0):.3g}" for c in SYSCALL_COLUMNS)
+        out.append(f"| {rate}/s | {f'`{args}`' if args else 'defaults'} | {d['payments']} | {d['syscalls_per_payment']:.3g} | {cells} |")
+    dates = sorted({d.get("recorded_at", "?")[:10] for _, _, d in found})
+    out += ["", f"`strace -c` on every gateway thread, one run each; {', '.join(dates)}."]
+    return out
+
+
 def render():
     text = PERF_MD.read_text()
     tables = {f"matrix-{n}": (lambda n=n: render_matrix(n)) for n in STRATEGIES}
     tables.update({"targets-2000": render_targets, "sweep": render_sweep, "contest": render_contest, "benches": render_benches,
                    "isolated": render_isolated, "profile": render_profile,
-                   "parser": render_parser, "hash": render_hash})
+                   "parser": render_parser, "hash": render_hash, "syscalls": render_syscalls})
     for name, fn in tables.items():
         start, end = f"<!-- perf-report:{name} -->", f"<!-- /perf-report:{name} -->"
         if start not in text:

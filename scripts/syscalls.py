@@ -3,7 +3,7 @@
 
 Starts two simulators and the gateway (release build), attaches `strace -c` to every thread of
 the gateway, runs `paygate loadgen` at RATE for DURATION seconds, detaches, and divides each
-call's count by the payments answered. strace slows the process down, so latency under it
+call's count by the payments answered (with no warm-up: every payment traced is counted). strace slows the process down, so latency under it
 means nothing; the counts are what this is for (a group commit's `fdatasync` per payment falls
 as the rate grows, a `write` per answer does not).
 
@@ -51,7 +51,7 @@ def main():
         time.sleep(1)
         report = stack.dir / "load.json"
         subprocess.run([str(binary), "loadgen", "--url", f"http://{stack.server.addr}", "--rate", str(a.rate),
-                        "--duration", str(a.duration), "--json", str(report)], cwd=ROOT, check=True,
+                        "--duration", str(a.duration), "--warmup", "0", "--json", str(report)], cwd=ROOT, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         tracer.send_signal(signal.SIGINT)
         tracer.wait(30)
@@ -62,7 +62,7 @@ def main():
     ok = max(1, load["ok"])
     per = {k: round(v / ok, 3) for k, v in sorted(calls.items(), key=lambda kv: -kv[1])}
     result = {"rate": a.rate, "duration_s": a.duration, "payments": load["ok"], "syscalls_per_payment": round(sum(calls.values()) / ok, 2),
-              "by_call": per, "gateway_args": a.gateway_args}
+              "by_call": per, "gateway_args": a.gateway_args, "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     print(json.dumps(result, indent=1))
     if a.json:
         Path(a.json).write_text(json.dumps(result, indent=1) + "\n")
