@@ -75,7 +75,7 @@ STRATEGIES = {
     "prealloc": ("journal segments zero-filled ahead (1 MiB) vs appended", ("release", []), ("release", ["--journal-prealloc-kib", "0"])),
     "workers": ("tokio worker threads: 2 vs 1", ("release", ["--worker-threads", "2"]), ("release", ["--worker-threads", "1"])),
     "runtime": ("tokio current_thread runtime vs the work-stealing pool (one worker per core)",
-                ("release", ["--runtime", "current-thread"]), ("release", [])),
+                ("release", ["--runtime", "current-thread"]), ("release", ["--runtime", "multi-thread"])),
     "runtime-1": ("tokio current_thread runtime vs a work-stealing pool of one worker",
                   ("release", ["--runtime", "current-thread"]), ("release", ["--worker-threads", "1"])),
     "lazy-sync": ("processors' answers as lazy (unsynced) records vs synced", ("release", []), ("before-lazy-sync", [])),
@@ -207,11 +207,11 @@ def run_sweep(bins, runs, step_s):
     save("sweep", {"step_s": step_s, "commit": commit(), **got})
 
 
-CONTEST_SIDES = {"paygate": [], "paygate-fsync-off": ["--fsync", "off"], "paygate-current-thread": ["--runtime", "current-thread"]}
+CONTEST_SIDES = {"paygate": [], "paygate-fsync-off": ["--fsync", "off"], "paygate-multi-thread": ["--runtime", "multi-thread"]}
 
 
 def run_contest(bins, runs):
-    print("[contest] k6 contest scenario: paygate (fsync on, off, current_thread runtime) vs bare hyper", flush=True)
+    print("[contest] k6 contest scenario: paygate (defaults, fsync off, the work-stealing runtime) vs bare hyper", flush=True)
 
     def side(s):
         server = [str(bins["bare"]), "127.0.0.1:0"] if s == "bare" else None
@@ -409,7 +409,7 @@ def render_contest():
            "server CPU µs/payment (median, range) | context switches/payment | CPU stolen % (median, range) |",
            "|---|---|---|---|---|---|---|---|---|---|"]
     rows = [("paygate, `--fsync on`", "paygate"), ("paygate, `--fsync off`", "paygate-fsync-off"),
-            ("paygate, `--fsync on --runtime current-thread`", "paygate-current-thread"), ("bare hyper (floor)", "bare")]
+            ("paygate, `--fsync on --runtime multi-thread`", "paygate-multi-thread"), ("bare hyper (floor)", "bare")]
     for label, key in rows:
         runs = d.get(key)
         if not runs:

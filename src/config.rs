@@ -71,9 +71,11 @@ pub struct ServeArgs {
     /// Tokio worker threads (default: one per CPU core).
     #[arg(long, env = "PAYGATE_WORKER_THREADS", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
     pub worker_threads: Option<usize>,
-    /// The tokio scheduler: `multi-thread` (work-stealing, `--worker-threads` workers) or
-    /// `current-thread` (everything async on one thread; `--worker-threads` is then ignored).
-    #[arg(long, env = "PAYGATE_RUNTIME", default_value = "multi-thread", value_parser = ["multi-thread", "current-thread"])]
+    /// The tokio scheduler: `multi-thread` (work-stealing, `--worker-threads` workers),
+    /// `current-thread` (everything async on one thread; `--worker-threads` is then ignored),
+    /// or `auto`: `current-thread` when the process may use two CPUs or fewer and
+    /// `--worker-threads` is not given, `multi-thread` otherwise (see perf.md).
+    #[arg(long, env = "PAYGATE_RUNTIME", default_value = "auto", value_parser = ["auto", "multi-thread", "current-thread"])]
     pub runtime: String,
     /// `on`: while the cheapest processor's breaker is closed, a payment is routed when it is
     /// accepted, so its intent shares the acceptance's sync (one sync per payment, not two).

@@ -106,6 +106,7 @@ pub async fn run_with(
         fsync = config.fsync,
         // One per CPU this process may use (its affinity mask and a cgroup CPU quota, rounded
         // up) unless --worker-threads says otherwise.
+        runtime = ?tokio::runtime::Handle::current().runtime_flavor(),
         worker_threads = tokio::runtime::Handle::current().metrics().num_workers(),
         "paygate serving"
     );

@@ -38,5 +38,29 @@ async fn the_current_thread_runtime_forwards_every_payment_and_stops_cleanly() {
     let status = gateway.wait_exit(Duration::from_secs(30)).expect("the gateway exits after SIGTERM");
     assert!(status.success(), "{status}");
     let text = std::fs::read_to_string(&log).unwrap();
-    assert!(text.contains("worker_threads=1"), "the start-up line names one worker:\n{text}");
+    assert!(text.contains("runtime=CurrentThread") && text.contains("worker_threads=1"), "the start-up line names one worker:\n{text}");
+}
+
+/// `--runtime auto` (the default) picks `current_thread` on two CPUs or fewer, the
+/// work-stealing pool above that or when `--worker-threads` is given; the start-up line says
+/// which.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_runtime_follows_the_cpus_the_process_may_use() {
+    let dir = TempDir::new("runtime-auto");
+    let (default, fallback) = (procs::start_sim(&dir.0, "0.05", "default"), procs::start_sim(&dir.0, "0.15", "fallback"));
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let cases: [(&[&str], &str); 2] = [
+        (&[], if cpus <= 2 { "runtime=CurrentThread" } else { "runtime=MultiThread" }),
+        (&["--worker-threads", "2"], "runtime=MultiThread"),
+    ];
+    for (i, (extra, want)) in cases.into_iter().enumerate() {
+        let args = procs::gateway_args(&dir.0.join(format!("data-{i}")), &default, &fallback, extra);
+        let log = dir.0.join(format!("gateway-{i}.log"));
+        let gateway = Proc::start(&args, "paygate listening on", &log);
+        let serving = || std::fs::read_to_string(&log).unwrap().contains("paygate serving");
+        eventually(Duration::from_secs(20), "the start-up line", || std::future::ready(serving())).await;
+        drop(gateway);
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.contains(want), "{extra:?} on {cpus} CPUs: expected {want}:\n{text}");
+    }
 }
