@@ -11,7 +11,7 @@ The training load is `paygate loadgen` (open model, the contest's body) against 
 instrumented gateway with two simulators, plus the summary and health reads every client and
 operator makes; the gateway is stopped with SIGINT so that its profile is written at exit.
 `llvm-profdata` comes from rustup's `llvm-tools` component (`rustup component add llvm-tools`);
-a Debian `llvm-profdata` is older than rustc's LLVM and cannot read its profiles.
+it must match rustc's own LLVM version, which Debian's packages are older than.
 """
 
 import argparse

@@ -99,15 +99,15 @@ pub async fn run_with(
         tracing::info!(metrics = %l.local_addr().map_err(|e| e.to_string())?, "serving Prometheus metrics at /metrics");
         monitors.push(tokio::spawn(serve_metrics(l, m, api.clone())));
     }
+    let runtime = tokio::runtime::Handle::current();
     tracing::info!(
         listen = %listener.local_addr().map_err(|e| e.to_string())?,
         processors = ?config.processors,
         max_defer_ms = config.max_defer.as_millis() as u64,
         fsync = config.fsync,
-        // One per CPU this process may use (its affinity mask and a cgroup CPU quota, rounded
-        // up) unless --worker-threads says otherwise.
-        runtime = ?tokio::runtime::Handle::current().runtime_flavor(),
-        worker_threads = tokio::runtime::Handle::current().metrics().num_workers(),
+        // Which scheduler `--runtime` chose, and its workers (1 for `current_thread`).
+        runtime = ?runtime.runtime_flavor(),
+        worker_threads = runtime.metrics().num_workers(),
         "paygate serving"
     );
     let handler_api = api.clone();

@@ -37,7 +37,7 @@ pub struct Router {
 enum Route {
     Go(ProcessorIdx, Permit),
     /// Nothing admits the payment yet; ask again at this instant or on a change.
-    Wait(Option<Instant>),
+    Wait(Instant),
 }
 
 impl Router {
@@ -81,7 +81,7 @@ impl Router {
         if defer_left_ms > 0 {
             return match self.breaker(0).admit(now) {
                 Admit::Yes(permit) => Route::Go(0, permit),
-                Admit::NotBefore(t) => Route::Wait(Some(t.min(now + Duration::from_millis(defer_left_ms as u64)))),
+                Admit::NotBefore(t) => Route::Wait(t.min(now + Duration::from_millis(defer_left_ms as u64))),
             };
         }
         let all = 0..self.upstreams.len() as ProcessorIdx;
@@ -95,7 +95,8 @@ impl Router {
                 Admit::NotBefore(t) => wake = Some(wake.map_or(t, |w| w.min(t))),
             }
         }
-        Route::Wait(wake)
+        // `Router::new` asserts at least one processor, and each that does not admit names a time.
+        Route::Wait(wake.expect("a router has processors"))
     }
 
     /// Waits until some processor admits a payment accepted at `accepted_at`. The permit must
@@ -107,13 +108,12 @@ impl Router {
             notified.as_mut().enable();
             match self.route(accepted_at) {
                 Route::Go(idx, permit) => return (idx, permit),
-                Route::Wait(Some(t)) => {
+                Route::Wait(t) => {
                     tokio::select! {
                         _ = notified => {}
                         _ = tokio::time::sleep_until(t) => {}
                     }
                 }
-                Route::Wait(None) => notified.await,
             }
         }
     }
@@ -243,10 +243,10 @@ mod tests {
         assert!(matches!(r.route(overdue), Route::Go(1, _)));
         // Within its defer: the probe of `default`, once.
         assert!(matches!(r.route(new), Route::Go(0, p) if p != Permit::UNADMITTED));
-        assert!(matches!(r.route(new), Route::Wait(Some(_))));
+        assert!(matches!(r.route(new), Route::Wait(_)));
         // With nothing closed, a payment past its defer waits for the probe's outcome.
         fail(&r, 1);
-        assert!(matches!(r.route(overdue), Route::Wait(Some(_))));
+        assert!(matches!(r.route(overdue), Route::Wait(_)));
         // Then, `fallback` half-open too: the cheapest probe slot that is free.
         r.health_report(1, false, 0);
         assert!(matches!(r.route(overdue), Route::Go(1, p) if p != Permit::UNADMITTED));
