@@ -46,6 +46,7 @@ VARIANTS = {
     "with-writev-false": {"ref": "49a582a"},
     "mutex-receiver": {"ref": "52e825f"},
     "mpmc-receiver": {"ref": "6e4e3c4"},
+    "before-lazy-batch": {"ref": "d264191"},
     # Built by scripts/pgo.py: instrumented build, training load, profile-use build.
     "pgo": {"pgo": True},
 }
@@ -80,6 +81,8 @@ STRATEGIES = {
                   ("release", ["--runtime", "current-thread"]), ("release", ["--worker-threads", "1"])),
     "lazy-sync": ("processors' answers as lazy (unsynced) records vs synced", ("release", []), ("before-lazy-sync", [])),
     "intent-at-accept": ("intent journaled with the acceptance vs by dispatch", ("release", []), ("before-intent-at-accept", [])),
+    "lazy-batch": ("processors' answers held back to ride with the next acceptance vs sent to the writer at once",
+                   ("release", []), ("before-lazy-batch", [])),
 }
 
 
@@ -174,7 +177,10 @@ def machine():
 
 
 def commit():
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    """HEAD, with `-dirty` when the working tree differs from it (the run measured uncommitted code)."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return f"{head}-dirty" if dirty else head
 
 
 # ---------------------------------------------------------------- experiments

@@ -95,6 +95,94 @@ fn framed_len(events: &[Event]) -> usize {
         .sum()
 }
 
+/// Writes `events` with processors' answers held back (`submit_lazy`) the way the ledger
+/// does, the rest submitted and waited for; `flush` sends what is still held at the end.
+fn write_with_lazy_answers(dir: &Path, events: &[Event], flush: bool) {
+    let mut journal: Journal<Event, Wait> = Journal::open(options(dir, u64::MAX, None), 0).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let mut waiting = 0;
+    for e in events {
+        if matches!(e, Event::Processed { .. } | Event::Rejected { .. }) {
+            journal.submit_lazy(*e);
+        } else {
+            journal.submit(Some(*e), Wait(tx.clone()));
+            waiting += 1;
+        }
+    }
+    if flush {
+        journal.flush_lazy();
+        assert!(!journal.has_lazy());
+        // A barrier: done once everything sent before it is on disk.
+        journal.submit(None, Wait(tx.clone()));
+        waiting += 1;
+    }
+    for _ in 0..waiting {
+        rx.recv().unwrap().unwrap();
+    }
+}
+
+#[test]
+fn held_back_answers_reach_the_disk_in_order_with_the_next_record_or_a_flush() {
+    // Ends with an answer (i = 38 is rejected, re-sent and processed), so that without the
+    // flush the last one stays held.
+    let evs = events(39);
+    assert!(matches!(evs.last(), Some(Event::Processed { .. })));
+    for flush in [true, false] {
+        let dir = temp_dir("lazy");
+        write_with_lazy_answers(&dir, &evs, flush);
+        let recovered = persist::recover(&dir, &names()).unwrap().state;
+        // Every held answer rode with the next record, in order; only those after the last
+        // one need the flush.
+        let last_synced = evs.iter().rposition(|e| !matches!(e, Event::Processed { .. } | Event::Rejected { .. })).unwrap();
+        let on_disk = if flush { &evs[..] } else { &evs[..=last_synced] };
+        assert!(on_disk.len() < evs.len() || flush);
+        assert!(recovered == model(on_disk), "flush {flush}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
+#[test]
+fn answers_held_back_when_the_writer_stops_are_lost_and_their_payments_stay_sent() {
+    let id = CorrelationId(7);
+    let evs = [
+        Event::Accepted { id, cents: Cents::new(1_990).unwrap(), accepted_at: UtcMillis(1_000) },
+        Event::Intent { id, processor: 0, requested_at: UtcMillis(1_000) },
+        Event::Processed { id, processor: 0, requested_at: UtcMillis(1_000) },
+    ];
+    let dir = temp_dir("lazy-lost");
+    // A process crash: the held answer never reaches the writer.
+    write_with_lazy_answers(&dir, &evs, false);
+    let recovered = persist::recover(&dir, &names()).unwrap();
+    assert!(recovered.state == model(&evs[..2]));
+    // The payment is sent with its outcome unknown: the next start resolves it on processor 0.
+    assert!(matches!(recovered.state.get(id).unwrap().status, paygate::ledger::Status::Sent { processor: 0, .. }));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_processors_answer_the_ledger_holds_back_reaches_the_disk_without_further_traffic() {
+    use paygate::ledger::{Ledger, LedgerLimits, Settled, Status, Work};
+    let dir = temp_dir("lazy-ledger");
+    let journal = Journal::open(options(&dir, u64::MAX, None), 0).unwrap();
+    let (queue, _work) = paygate::dispatch::WorkQueue::new(None);
+    let restore: paygate::ledger::Restore = Arc::new(|| Err("not needed".into()));
+    let (ledger, _task) = Ledger::spawn(State::new(&NAMES), journal, queue, LedgerLimits { pending_max: 10 }, restore, None, None);
+    let id = CorrelationId(42);
+    ledger.accept(id, Cents::new(1_990).unwrap()).await.unwrap().unwrap();
+    let p = ledger.get(id).await.unwrap().unwrap();
+    let work = Work { id, cents: p.cents, accepted_at: p.accepted_at, ticket: p.ticket, generation: 0, pinned: None, fresh: false };
+    let requested_at = UtcMillis(p.accepted_at.0 + 1);
+    ledger.intent(work, 0, requested_at).await.unwrap();
+    ledger.settle(Work { pinned: Some((0, requested_at)), ..work }, Settled::Processed { requested_at }).await;
+    // Nothing else is submitted: the ledger's own deadline must send the held answer.
+    eventually(Duration::from_secs(10), "the held-back answer on disk", || async {
+        let state = persist::recover(&dir, &names()).unwrap().state;
+        matches!(state.get(id).map(|p| p.status), Some(Status::Processed { processor: 0, .. }))
+    })
+    .await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 #[test]
 fn truncation_anywhere_inside_the_last_record_keeps_exactly_the_records_before_it() {
     let evs = events(12);

@@ -49,6 +49,8 @@ pub enum JournalError {
 
 /// Most submissions one group commit takes; the rest wait for the next.
 pub const MAX_BATCH: usize = 8_192;
+/// Most records [`Journal::submit_lazy`] holds back before it sends them on their own.
+pub const MAX_LAZY: usize = 1_024;
 /// A segment is closed and a new one started once it grows past this.
 pub const SEGMENT_MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// How far ahead of the records a segment is zero-filled (see [`file::SegmentFile`]).
@@ -82,8 +84,11 @@ pub struct FileOptions {
 }
 
 enum Msg<E, C> {
-    /// One event (or none: a barrier), and a second one that must share its commit.
-    Append(Option<E>, Option<E>, C),
+    /// Deferred records (see [`Journal::submit_lazy`]) that go first; then one event (or none:
+    /// a barrier), and a second one that must share its commit.
+    Append(Vec<E>, Option<E>, Option<E>, C),
+    /// Deferred records on their own, when nothing else came to carry them in time.
+    Lazy(Vec<E>),
     /// Cut the open segment back to its last durable length, after a failure.
     Repair(oneshot::Sender<Result<(), JournalError>>),
 }
@@ -91,6 +96,9 @@ enum Msg<E, C> {
 /// The journal's writer end, owned by the ledger.
 pub struct Journal<E, C> {
     backend: Backend<E, C>,
+    /// Records that need no sync, held back to travel with the next submission (or with
+    /// [`Journal::flush_lazy`]): one wake-up of the writer for both.
+    lazy: Vec<E>,
     failures: Arc<AtomicU64>,
     /// Woken by the writer when a write fails, so the owner notices without waiting for its
     /// next submission.
@@ -105,7 +113,7 @@ enum Backend<E, C> {
 impl<E: Record, C: Completion> Journal<E, C> {
     /// A journal that keeps nothing: every event is "durable" at once. For tests and benches.
     pub fn in_memory() -> Journal<E, C> {
-        Journal { backend: Backend::Memory, failures: Arc::default(), failed: Arc::default() }
+        Journal { backend: Backend::Memory, lazy: Vec::new(), failures: Arc::default(), failed: Arc::default() }
     }
 
     /// Starts a new segment `next_seq` in `opts.dir` and the writer thread.
@@ -128,29 +136,64 @@ impl<E: Record, C: Completion> Journal<E, C> {
             log: crate::logs::LogLimiter::new(std::time::Duration::from_millis(FAILURE_LOG_EVERY_MS)),
         };
         std::thread::Builder::new().name("journal-writer".into()).spawn(move || writer.run(rx))?;
-        Ok(Journal { backend: Backend::File(tx), failures, failed })
+        Ok(Journal { backend: Backend::File(tx), lazy: Vec::new(), failures, failed })
     }
 
     /// Appends `event` (or, with `None`, only waits for everything submitted before) and runs
     /// `done` once it is durable.
     pub fn submit(&mut self, event: Option<E>, done: C) {
-        self.send(Msg::Append(event, None, done));
+        self.append(event, None, done);
     }
 
     /// Appends `first` and `second` in the same group commit (both durable, or neither
     /// acknowledged) and runs `done` once they are durable.
     pub fn submit_two(&mut self, first: E, second: E, done: C) {
-        self.send(Msg::Append(Some(first), Some(second), done));
+        self.append(Some(first), Some(second), done);
+    }
+
+    /// Holds back `event`, a record whose loss is harmless (see [`Record::needs_sync`]), until
+    /// the next submission carries it to the writer in the same message, or until
+    /// [`Journal::flush_lazy`]. Records keep their order on disk either way; a process crash
+    /// can lose the held ones, as a power failure can lose any unsynced record.
+    pub fn submit_lazy(&mut self, event: E) {
+        debug_assert!(!event.needs_sync());
+        match self.backend {
+            Backend::Memory => {}
+            Backend::File(_) => {
+                self.lazy.push(event);
+                if self.lazy.len() >= MAX_LAZY {
+                    self.flush_lazy();
+                }
+            }
+        }
+    }
+
+    /// Whether records are held back (see [`Journal::submit_lazy`]).
+    pub fn has_lazy(&self) -> bool {
+        !self.lazy.is_empty()
+    }
+
+    /// Sends the held-back records to the writer now.
+    pub fn flush_lazy(&mut self) {
+        if let (Backend::File(tx), false) = (&self.backend, self.lazy.is_empty()) {
+            let _ = tx.send(Msg::Lazy(std::mem::take(&mut self.lazy)));
+        }
+    }
+
+    fn append(&mut self, event: Option<E>, second: Option<E>, done: C) {
+        let lazy = std::mem::take(&mut self.lazy);
+        self.send(Msg::Append(lazy, event, second, done));
     }
 
     fn send(&mut self, msg: Msg<E, C>) {
         match (&self.backend, msg) {
-            (Backend::Memory, Msg::Append(_, _, done)) => done.complete(Ok(())),
+            (Backend::Memory, Msg::Append(_, _, _, done)) => done.complete(Ok(())),
+            (Backend::Memory, Msg::Lazy(_)) => {}
             (Backend::Memory, Msg::Repair(reply)) => {
                 let _ = reply.send(Ok(()));
             }
             (Backend::File(tx), msg) => {
-                if let Err(mpsc::SendError(Msg::Append(_, _, done))) = tx.send(msg) {
+                if let Err(mpsc::SendError(Msg::Append(_, _, _, done))) = tx.send(msg) {
                     done.complete(Err(JournalError::Io("journal writer has stopped".into())));
                 }
             }
@@ -169,8 +212,10 @@ impl<E: Record, C: Completion> Journal<E, C> {
     }
 
     /// Asks the writer to cut the open segment back to its durable length, after everything
-    /// submitted before. `Ok` means the files hold exactly the durable events again.
+    /// submitted before. `Ok` means the files hold exactly the durable events again. Records
+    /// still held back are dropped: they belong to the state the owner rebuilds from disk.
     pub fn repair(&mut self) -> oneshot::Receiver<Result<(), JournalError>> {
+        self.lazy.clear();
         let (reply, rx) = oneshot::channel();
         self.send(Msg::Repair(reply));
         rx
@@ -209,15 +254,11 @@ impl Writer {
             }
             for msg in msgs.drain(..) {
                 match msg {
-                    Msg::Append(event, second, done) => {
+                    Msg::Lazy(lazy) => self.encode_all(lazy, &mut reset, &mut needs_sync),
+                    Msg::Append(lazy, event, second, done) => {
+                        self.encode_all(lazy, &mut reset, &mut needs_sync);
                         match event {
-                            Some(e) => {
-                                for e in std::iter::once(e).chain(second) {
-                                    reset |= e.is_reset();
-                                    needs_sync |= e.needs_sync();
-                                    frame::append(|out| e.encode(out), &mut self.buf);
-                                }
-                            }
+                            Some(e) => self.encode_all(std::iter::once(e).chain(second), &mut reset, &mut needs_sync),
                             // A barrier waits for everything before it, lazy records included.
                             None => needs_sync = true,
                         }
@@ -230,6 +271,15 @@ impl Writer {
                 }
             }
             self.commit(&mut waiters, std::mem::take(&mut reset), std::mem::take(&mut needs_sync));
+        }
+    }
+
+    /// Frames `events` into the buffer, noting whether any of them resets or needs a sync.
+    fn encode_all<E: Record>(&mut self, events: impl IntoIterator<Item = E>, reset: &mut bool, needs_sync: &mut bool) {
+        for e in events {
+            *reset |= e.is_reset();
+            *needs_sync |= e.needs_sync();
+            frame::append(|out| e.encode(out), &mut self.buf);
         }
     }
 

@@ -147,7 +147,6 @@ pub enum Done {
     Intent(oneshot::Sender<Result<(), IntentError>>),
     Purge(oneshot::Sender<Result<(), JournalError>>),
     Flush(oneshot::Sender<Result<(), JournalError>>),
-    Nothing,
 }
 
 impl Completion for Done {
@@ -167,7 +166,6 @@ impl Completion for Done {
             Done::Purge(reply) | Done::Flush(reply) => {
                 let _ = reply.send(result);
             }
-            Done::Nothing => {}
         }
     }
 }
@@ -186,6 +184,9 @@ pub type Restore = Arc<dyn Fn() -> Result<State, String> + Send + Sync>;
 /// between two rebuilds of its state from disk (a disk that fails every write would otherwise
 /// make every refused payment replay the whole journal).
 pub const JOURNAL_RETRY_MS: u64 = 1_000;
+/// Longest a processor's answer waits in the ledger for an acceptance to carry it to the
+/// journal writer before it is sent on its own (see [`Journal::submit_lazy`]).
+pub const LAZY_WINDOW_MS: u64 = 5;
 /// The ledger logs the state of a failing journal at most once per this period.
 pub const JOURNAL_LOG_EVERY_MS: u64 = 30_000;
 
@@ -357,13 +358,29 @@ impl Ledger {
 
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         let mut failed = Box::pin(self.journal.failed());
+        // Sends held-back records (processors' answers) that no acceptance carried in time.
+        let lazy_due = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(lazy_due);
+        let mut lazy_armed = false;
         loop {
             tokio::select! {
                 cmd = rx.recv() => match cmd {
                     Some(cmd) => self.handle(cmd),
-                    None => return,
+                    None => {
+                        self.journal.flush_lazy();
+                        return;
+                    }
                 },
                 () = &mut failed => failed = Box::pin(self.journal.failed()),
+                () = &mut lazy_due, if lazy_armed => self.journal.flush_lazy(),
+            }
+            match (self.journal.has_lazy(), lazy_armed) {
+                (true, false) => {
+                    lazy_due.as_mut().reset(tokio::time::Instant::now() + Duration::from_millis(LAZY_WINDOW_MS));
+                    lazy_armed = true;
+                }
+                (false, true) => lazy_armed = false,
+                _ => {}
             }
             if self.journal.failures() != self.seen_failures {
                 self.recover_journal(&mut rx).await;
@@ -531,7 +548,10 @@ impl Ledger {
                 if let Some(m) = &self.metrics {
                     m.settled(usize::from(processor), matches!(settled, Settled::Processed { .. }));
                 }
-                self.record(event, Done::Nothing);
+                // Needs no sync (see `Event::needs_sync`): it travels to the writer with the next
+                // acceptance, or after [`LAZY_WINDOW_MS`] — one wake-up of the writer fewer.
+                self.apply(&event);
+                self.journal.submit_lazy(event);
             }
             Command::IsCurrent { work, reply } => {
                 let _ = reply.send(self.state.get(work.id).is_some_and(|p| work.matches(p)));
