@@ -47,6 +47,7 @@ VARIANTS = {
     "mutex-receiver": {"ref": "52e825f"},
     "mpmc-receiver": {"ref": "6e4e3c4"},
     "before-lazy-batch": {"ref": "d264191"},
+    "before-dsync": {"ref": "780e444"},
     # Built by scripts/pgo.py: instrumented build, training load, profile-use build.
     "pgo": {"pgo": True},
 }
@@ -83,6 +84,7 @@ STRATEGIES = {
     "intent-at-accept": ("intent journaled with the acceptance vs by dispatch", ("release", []), ("before-intent-at-accept", [])),
     "lazy-batch": ("processors' answers held back to ride with the next acceptance vs sent to the writer at once",
                    ("release", []), ("before-lazy-batch", [])),
+    "dsync": ("group commit as one pwritev2(RWF_DSYNC) vs pwrite + fdatasync", ("release", []), ("before-dsync", [])),
 }
 
 
@@ -126,16 +128,33 @@ def process_counters(pid):
     return cpu_s, vol, invol
 
 
+def thread_cpu(pid):
+    """CPU seconds (user + system) of process `pid`'s threads so far, summed by thread name
+    (the runtime's thread — `paygate` for current_thread, `tokio-rt-worker` for the pool —,
+    `journal-writer`, blocking-pool threads)."""
+    by_name = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # a thread that ended meanwhile
+        by_name[name] = by_name.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return by_name
+
+
 def with_server_cost(pid, fn, count="ok"):
     """Runs fn() (a load step) and adds the server's CPU time and context switches per request
-    answered (`count` names the result's count of answered requests): stable on a shared VM
-    where latency is not."""
-    before = process_counters(pid)
+    answered (`count` names the result's count of answered requests), in all and by thread
+    name: stable on a shared VM where latency is not."""
+    before, threads_before = process_counters(pid), thread_cpu(pid)
     result = fn()
-    after = process_counters(pid)
+    after, threads_after = process_counters(pid), thread_cpu(pid)
     n = max(1, result.get(count, 0))
     result["server_cpu_us_per_req"] = round((after[0] - before[0]) * 1e6 / n, 1)
     result["server_cs_per_req"] = round(((after[1] - before[1]) + (after[2] - before[2])) / n, 2)
+    result["server_cpu_us_per_req_by_thread"] = {
+        name: round((cpu - threads_before.get(name, 0.0)) * 1e6 / n, 1) for name, cpu in sorted(threads_after.items())}
     return result
 
 
@@ -213,15 +232,23 @@ def run_sweep(bins, runs, step_s):
     save("sweep", {"step_s": step_s, "commit": commit(), **got})
 
 
-CONTEST_SIDES = {"paygate": [], "paygate-fsync-off": ["--fsync", "off"], "paygate-multi-thread": ["--runtime", "multi-thread"]}
+# side -> (variant, gateway arguments); `--contest-sides` picks some (the bare floor always runs).
+CONTEST_SIDES = {
+    "paygate": ("release", []),
+    "paygate-fsync-off": ("release", ["--fsync", "off"]),
+    "paygate-multi-thread": ("release", ["--runtime", "multi-thread"]),
+    "paygate-before-dsync": ("before-dsync", []),
+    "paygate-before-lazy-batch": ("before-lazy-batch", []),
+}
+DEFAULT_CONTEST_SIDES = "paygate,paygate-fsync-off,paygate-multi-thread"
 
 
-def run_contest(bins, runs):
-    print("[contest] k6 contest scenario: paygate (defaults, fsync off, the work-stealing runtime) vs bare hyper", flush=True)
+def run_contest(bins, runs, sides):
+    print(f"[contest] k6 contest scenario: {', '.join(sides)} vs bare hyper", flush=True)
 
     def side(s):
         server = [str(bins["bare"]), "127.0.0.1:0"] if s == "bare" else None
-        argv = server or gateway_argv(bins["release"], CONTEST_SIDES[s])
+        argv = server or gateway_argv(bins[CONTEST_SIDES[s][0]], CONTEST_SIDES[s][1])
         stack = Stack(bins["release"], argv, server_marker="bare-hyper listening on " if server else "paygate listening on ")
         try:
             out = stack.dir / "contest.json"
@@ -237,7 +264,7 @@ def run_contest(bins, runs):
         finally:
             stack.stop()
 
-    got = interleaved(runs, [*CONTEST_SIDES, "bare"], side)
+    got = interleaved(runs, [*sides, "bare"], side)
     save("contest", {"commit": commit(), **got})
 
 
@@ -407,15 +434,26 @@ def render_sweep():
     return out
 
 
+def by_thread(runs):
+    """Median CPU µs per payment of each thread name, for runs that recorded it."""
+    runs = [r["server_cpu_us_per_req_by_thread"] for r in runs if "server_cpu_us_per_req_by_thread" in r]
+    if not runs:
+        return "–"
+    names = sorted({n for r in runs for n in r}, key=lambda n: -med([r.get(n, 0.0) for r in runs]))
+    return ", ".join(f"{n} {med([r.get(n, 0.0) for r in runs]):.0f}" for n in names if med([r.get(n, 0.0) for r in runs]) >= 0.5)
+
+
 def render_contest():
     d = load("contest")
     if not d:
         return None
     out = ["| server | runs | p99 ms (median) | p99 spread | inconsistencies (max) | lag (max) | fallback payments (max) | "
-           "server CPU µs/payment (median, range) | context switches/payment | CPU stolen % (median, range) |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+           "server CPU µs/payment (median, range) | of it, by thread (median) | context switches/payment | CPU stolen % (median, range) |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     rows = [("paygate, `--fsync on`", "paygate"), ("paygate, `--fsync off`", "paygate-fsync-off"),
-            ("paygate, `--fsync on --runtime multi-thread`", "paygate-multi-thread"), ("bare hyper (floor)", "bare")]
+            ("paygate, `--fsync on --runtime multi-thread`", "paygate-multi-thread"),
+            ("paygate before `RWF_DSYNC` (780e444)", "paygate-before-dsync"),
+            ("paygate before held-back answers (d264191)", "paygate-before-lazy-batch"), ("bare hyper (floor)", "bare")]
     for label, key in rows:
         runs = d.get(key)
         if not runs:
@@ -426,7 +464,7 @@ def render_contest():
         else:
             tail = f"{max(r['inconsistencies'] for r in runs)} | {max(r['lag'] for r in runs)} | {max(r['payments']['fallback'] for r in runs)}"
         out.append(f"| {label} | {len(runs)} | {fmt(med(p99))} | {spread(p99)} | {tail} | "
-                   f"{per_req(runs, 'server_cpu_us_per_req')} | {per_req(runs, 'server_cs_per_req')} | {steal(runs)} |")
+                   f"{per_req(runs, 'server_cpu_us_per_req')} | {by_thread(runs)} | {per_req(runs, 'server_cs_per_req')} | {steal(runs)} |")
     pg, floor = med([r["p99_ms"] for r in d["paygate"]]), med([r["p99_ms"] for r in d["bare"]])
     out += ["", f"paygate's p99 (`--fsync on`) is {pg / floor:.2f} × the floor's (issue 11's target: ≤ 1.3 ×, stretch 1.1 ×); "
             f"commit `{d['commit']}`, {d['recorded_at']}, {d.get('machine', '')}."]
@@ -574,6 +612,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", default="benches,parser,matrix,targets,sweep,contest")
     ap.add_argument("--strategies", default=",".join(STRATEGIES))
+    ap.add_argument("--contest-sides", default=DEFAULT_CONTEST_SIDES, help=f"of {', '.join(CONTEST_SIDES)}")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--rate", type=int, default=2000)
     ap.add_argument("--duration", type=float, default=10)
@@ -589,6 +628,9 @@ def main():
         needed = {"release"} if only & {"matrix", "targets", "sweep", "contest"} else set()
         if "matrix" in only:
             needed |= {STRATEGIES[s][1][0] for s in strategies} | {STRATEGIES[s][2][0] for s in strategies}
+        contest_sides = [s for s in a.contest_sides.split(",") if s]
+        if "contest" in only:
+            needed |= {CONTEST_SIDES[s][0] for s in contest_sides}
         bins = {v: build_pgo(retrain=False) if VARIANTS[v].get("pgo") else build(v, **VARIANTS[v]) for v in sorted(needed)}
         if only & {"targets", "sweep", "contest"}:
             bins["bare"] = build("release", target="bare_hyper", example=True)
@@ -599,7 +641,7 @@ def main():
         if "sweep" in only:
             run_sweep(bins, a.runs, a.sweep_step)
         if "contest" in only:
-            run_contest(bins, a.runs)
+            run_contest(bins, a.runs, contest_sides)
         if "benches" in only:
             run_benches(a.runs)
         if "parser" in only:
