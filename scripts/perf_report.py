@@ -48,6 +48,7 @@ VARIANTS = {
     "mpmc-receiver": {"ref": "6e4e3c4"},
     "before-lazy-batch": {"ref": "d264191"},
     "before-dsync": {"ref": "780e444"},
+    "dsync": {"ref": "cf6383a"},
     # Built by scripts/pgo.py: instrumented build, training load, profile-use build.
     "pgo": {"pgo": True},
 }
@@ -84,7 +85,7 @@ STRATEGIES = {
     "intent-at-accept": ("intent journaled with the acceptance vs by dispatch", ("release", []), ("before-intent-at-accept", [])),
     "lazy-batch": ("processors' answers held back to ride with the next acceptance vs sent to the writer at once",
                    ("release", []), ("before-lazy-batch", [])),
-    "dsync": ("group commit as one pwritev2(RWF_DSYNC) vs pwrite + fdatasync", ("release", []), ("before-dsync", [])),
+    "dsync": ("group commit as one pwritev2(RWF_DSYNC) vs pwrite + fdatasync", ("dsync", []), ("before-dsync", [])),
 }
 
 
@@ -237,7 +238,7 @@ CONTEST_SIDES = {
     "paygate": ("release", []),
     "paygate-fsync-off": ("release", ["--fsync", "off"]),
     "paygate-multi-thread": ("release", ["--runtime", "multi-thread"]),
-    "paygate-before-dsync": ("before-dsync", []),
+    "paygate-dsync": ("dsync", []),
     "paygate-before-lazy-batch": ("before-lazy-batch", []),
 }
 DEFAULT_CONTEST_SIDES = "paygate,paygate-fsync-off,paygate-multi-thread"
@@ -452,7 +453,7 @@ def render_contest():
            "|---|---|---|---|---|---|---|---|---|---|---|"]
     rows = [("paygate, `--fsync on`", "paygate"), ("paygate, `--fsync off`", "paygate-fsync-off"),
             ("paygate, `--fsync on --runtime multi-thread`", "paygate-multi-thread"),
-            ("paygate before `RWF_DSYNC` (780e444)", "paygate-before-dsync"),
+            ("paygate with `RWF_DSYNC` (cf6383a, reverted)", "paygate-dsync"),
             ("paygate before held-back answers (d264191)", "paygate-before-lazy-batch"), ("bare hyper (floor)", "bare")]
     for label, key in rows:
         runs = d.get(key)

@@ -145,11 +145,7 @@ impl Metrics {
             write_failures: Counter::default(),
         };
         registry.register("journal_group_commit_records", "Records written by one group commit", journal.commit_records.clone());
-        registry.register(
-            "journal_fdatasync_duration_seconds",
-            "Duration of one sync of the journal (an fdatasync, or a write with RWF_DSYNC)",
-            journal.fsync_seconds.clone(),
-        );
+        registry.register("journal_fdatasync_duration_seconds", "Duration of one fdatasync of the journal", journal.fsync_seconds.clone());
         registry.register("journal_written_bytes", "Bytes written to journal segments", journal.bytes_written.clone());
         registry.register("journal_write_failures", "Journal writes or syncs that failed", journal.write_failures.clone());
 

@@ -79,31 +79,6 @@ impl SegmentFile {
         Ok(())
     }
 
-    /// Writes `buf` at `offset` and makes it durable in the same system call: `pwritev2` with
-    /// `RWF_DSYNC`, one call where `write` + `fdatasync` take two. The kernel syncs only the
-    /// range written, so a caller uses it only when nothing written before is unsynced.
-    /// Returns `Ok(false)`, having written nothing, where the kernel or the file system does not
-    /// support the flag; the caller then writes and syncs the usual way.
-    pub fn write_durable_at(&mut self, buf: &[u8], offset: u64) -> io::Result<bool> {
-        use rustix::io::{Errno, ReadWriteFlags, pwritev2};
-        if let Err(e) = self.check_space() {
-            let _ = self.file.write_all_at(&buf[..buf.len() / 2], offset);
-            return Err(e);
-        }
-        let written = match pwritev2(&self.file, &[io::IoSlice::new(buf)], offset, ReadWriteFlags::DSYNC) {
-            Ok(n) => n,
-            Err(Errno::OPNOTSUPP | Errno::NOSYS | Errno::INVAL) => return Ok(false),
-            Err(e) => return Err(e.into()),
-        };
-        if written < buf.len() {
-            // A short write (a full disk, a signal): finish it and sync the usual way.
-            self.file.write_all_at(&buf[written..], offset + written as u64)?;
-            self.sync_data()?;
-        }
-        self.allocated = self.allocated.max(offset + buf.len() as u64);
-        Ok(true)
-    }
-
     /// Bytes of the file that already exist.
     pub fn allocated(&self) -> u64 {
         self.allocated

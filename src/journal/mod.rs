@@ -5,10 +5,9 @@
 //!
 //! On disk: segment files of framed records in the data directory, each written front to
 //! back and zero-filled ahead of its records (see [`file::SegmentFile`]), by one dedicated
-//! thread with group commit — it takes everything that arrived while the previous sync ran,
-//! writes it and syncs it once (one `pwritev2` with `RWF_DSYNC`, or a `write` and an
-//! `fdatasync` after unsynced lazy records), then completes every waiter. The tokio runtime
-//! never touches the disk.
+//! thread with group commit — it takes everything that arrived while the
+//! previous sync ran, writes it with one `write`, calls `fdatasync` once, then completes
+//! every waiter. The tokio runtime never touches the disk.
 
 pub mod file;
 pub mod frame;
@@ -131,9 +130,7 @@ impl<E: Record, C: Completion> Journal<E, C> {
             segment,
             len,
             failed: false,
-            // The segment's header record is written but not synced yet.
-            unsynced: len > 0,
-            dsync: true,
+            unsynced: false,
             failures: failures.clone(),
             buf: Vec::with_capacity(64 * 1024),
             log: crate::logs::LogLimiter::new(std::time::Duration::from_millis(FAILURE_LOG_EVERY_MS)),
@@ -235,8 +232,6 @@ struct Writer {
     failed: bool,
     /// Bytes were written since the last sync (lazy records).
     unsynced: bool,
-    /// Syncs may ride on the write (`RWF_DSYNC`); false once the file system refused it.
-    dsync: bool,
     failures: Arc<AtomicU64>,
     failed_signal: Arc<tokio::sync::Notify>,
     buf: Vec<u8>,
@@ -325,25 +320,12 @@ impl Writer {
         }
     }
 
-    /// Writes the buffer; syncs when asked to and something written is not yet synced. When
-    /// everything before the buffer is synced, one `RWF_DSYNC` write does both (see
-    /// [`SegmentFile::write_durable_at`]); after unsynced lazy records it takes `fdatasync`,
-    /// which syncs the whole file, so that no synced record can sit on disk after a lost one.
+    /// Writes the buffer; syncs when asked to and something written is not yet synced.
     fn write_buffer(&mut self, sync: bool) -> Result<(), JournalError> {
         let io = |e: std::io::Error| JournalError::Io(e.to_string());
-        let durable_write = sync && self.opts.fsync && !self.unsynced && self.dsync;
         if !self.buf.is_empty() {
-            let started = std::time::Instant::now();
-            let synced = durable_write && self.segment.write_durable_at(&self.buf, self.len).map_err(io)?;
-            if synced {
-                if let Some(m) = &self.opts.metrics {
-                    m.fsync_seconds.observe(started.elapsed().as_secs_f64());
-                }
-            } else {
-                self.dsync &= !durable_write;
-                self.segment.write_at(&self.buf, self.len).map_err(io)?;
-                self.unsynced = true;
-            }
+            self.segment.write_at(&self.buf, self.len).map_err(io)?;
+            self.unsynced = true;
             if let Some(m) = &self.opts.metrics {
                 m.bytes_written.inc_by(self.buf.len() as u64);
             }
@@ -401,8 +383,7 @@ impl Writer {
         self.segment = segment;
         self.seq = next;
         self.len = len;
-        // Its header record is written but not synced yet.
-        self.unsynced = len > 0;
+        self.unsynced = false;
         if reset {
             let _guard = self.opts.dir_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Ok(listing) = file::list(&self.opts.dir) {
