@@ -38,6 +38,7 @@ VARIANTS = {
     "siphash": {"cargo_args": ["--no-default-features", "--features", "mimalloc,json-fast-path"]},
     "simd-json": {"cargo_args": ["--no-default-features", "--features", "mimalloc,foldhash,simd-json"]},
     "fxhash": {"cargo_args": ["--no-default-features", "--features", "mimalloc,json-fast-path,fxhash"]},
+    "no-thp": {"cargo_args": ["--features", "mimalloc-no-thp"]},
     # Code changes, measured against the commit just before them.
     "before-lazy-sync": {"ref": "08d17f8"},
     "before-intent-at-accept": {"ref": "e1399a4"},
@@ -86,6 +87,7 @@ STRATEGIES = {
     "lazy-batch": ("processors' answers held back to ride with the next acceptance vs sent to the writer at once",
                    ("release", []), ("before-lazy-batch", [])),
     "dsync": ("group commit as one pwritev2(RWF_DSYNC) vs pwrite + fdatasync", ("dsync", []), ("before-dsync", [])),
+    "thp": ("mimalloc with transparent huge pages (its default) vs without (feature mimalloc-no-thp)", ("release", []), ("no-thp", [])),
 }
 
 
@@ -112,10 +114,11 @@ def with_steal(fn):
 
 
 def process_counters(pid):
-    """CPU seconds (user + system, all threads) and context switches (voluntary, involuntary,
-    summed over threads) of process `pid` so far."""
+    """CPU seconds (user + system, all threads), context switches (voluntary, involuntary,
+    summed over threads) and minor page faults of process `pid` so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     cpu_s = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    minflt = int(fields[7])
     vol = invol = 0
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
@@ -126,7 +129,7 @@ def process_counters(pid):
                     invol += int(line.split()[1])
         except FileNotFoundError:
             pass  # a thread that ended meanwhile
-    return cpu_s, vol, invol
+    return cpu_s, vol, invol, minflt
 
 
 def thread_cpu(pid):
@@ -154,6 +157,7 @@ def with_server_cost(pid, fn, count="ok"):
     n = max(1, result.get(count, 0))
     result["server_cpu_us_per_req"] = round((after[0] - before[0]) * 1e6 / n, 1)
     result["server_cs_per_req"] = round(((after[1] - before[1]) + (after[2] - before[2])) / n, 2)
+    result["server_minflt_per_req"] = round((after[3] - before[3]) / n, 4)
     result["server_cpu_us_per_req_by_thread"] = {
         name: round((cpu - threads_before.get(name, 0.0)) * 1e6 / n, 1) for name, cpu in sorted(threads_after.items())}
     return result
@@ -197,9 +201,11 @@ def machine():
 
 
 def commit():
-    """HEAD, with `-dirty` when the working tree differs from it (the run measured uncommitted code)."""
+    """HEAD, with `-dirty` when what the binaries are built from differs from it (the run
+    measured uncommitted code; edits to perf.md or results do not count)."""
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    built_from = ["src", "benches", "examples", "Cargo.toml", "Cargo.lock", ".cargo"]
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", *built_from], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     return f"{head}-dirty" if dirty else head
 
 
@@ -404,6 +410,10 @@ def render_matrix(name):
     cpu_verdict = f", **{verdict(cpu[0], cpu[1], 'CPU per request')}**" if all(cpu) else ""
     out += ["", f"Generated verdict: **{verdict(lat(a['runs'], 'p99'), lat(b['runs'], 'p99'))}**{cpu_verdict}; "
                 f"{d['rate']}/s open model for {d['duration_s']} s per run, commit `{d['commit']}`, {d['recorded_at']}, {d['machine']}."]
+    if all("server_minflt_per_req" in r for side in (a, b) for r in side["runs"]):
+        faults = [[r["server_minflt_per_req"] for r in side["runs"]] for side in (a, b)]
+        out += ["", "Minor page faults of the gateway per request (median, range): "
+                    + "; ".join(f"{k} {med(f):.4f} ({min(f):.4f}–{max(f):.4f})" for k, f in zip("AB", faults)) + "."]
     return out
 
 
