@@ -410,6 +410,9 @@ def render_matrix(name):
     cpu_verdict = f", **{verdict(cpu[0], cpu[1], 'CPU per request')}**" if all(cpu) else ""
     out += ["", f"Generated verdict: **{verdict(lat(a['runs'], 'p99'), lat(b['runs'], 'p99'))}**{cpu_verdict}; "
                 f"{d['rate']}/s open model for {d['duration_s']} s per run, commit `{d['commit']}`, {d['recorded_at']}, {d['machine']}."]
+    if all("server_cpu_us_per_req_by_thread" in r for side in (a, b) for r in side["runs"]):
+        out += ["", "Gateway CPU µs per request by thread (median of the runs): "
+                    + "; ".join(f"{k} {by_thread(side['runs'])}" for k, side in zip("AB", (a, b))) + "."]
     if all("server_minflt_per_req" in r for side in (a, b) for r in side["runs"]):
         faults = [[r["server_minflt_per_req"] for r in side["runs"]] for side in (a, b)]
         out += ["", "Minor page faults of the gateway per request (median, range): "
@@ -603,6 +606,8 @@ def render_syscalls():
 def render():
     text = PERF_MD.read_text()
     tables = {f"matrix-{n}": (lambda n=n: render_matrix(n)) for n in STRATEGIES}
+    # Mount-option A/Bs from scripts/mount_ab.py share the matrix's format.
+    tables.update({p.stem: (lambda n=p.stem[len("matrix-"):]: render_matrix(n)) for p in RESULTS.glob("matrix-mount-*.json")})
     tables.update({"targets-2000": render_targets, "sweep": render_sweep, "contest": render_contest, "benches": render_benches,
                    "isolated": render_isolated, "profile": render_profile,
                    "parser": render_parser, "hash": render_hash, "syscalls": render_syscalls})
