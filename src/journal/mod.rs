@@ -32,10 +32,12 @@ pub trait Record: Send + 'static {
     /// True when nothing before this record matters any more (a purge): once it is durable
     /// the journal starts a fresh segment and deletes the older files.
     fn is_reset(&self) -> bool;
-    /// False for a record whose loss in a power failure is harmless because recovery can
-    /// rebuild its effect (a processor's confirmation, which the processor still holds). Such
-    /// a record is written at once but does not make the writer sync; it becomes durable with
-    /// the next sync that something else needs.
+    /// False for a record whose loss in a power failure or a process crash is harmless because
+    /// recovery can rebuild its effect (a processor's confirmation, which the processor still
+    /// holds). Such a record does not make the writer sync; it becomes durable with the next
+    /// sync that something else needs. Submitted with [`Journal::submit_lazy`] it is also held
+    /// back by the owner until a later submission carries it (the ledger: at most
+    /// `LAZY_WINDOW_MS`).
     fn needs_sync(&self) -> bool {
         true
     }
@@ -65,6 +67,8 @@ pub const FAILURE_LOG_EVERY_MS: u64 = 30_000;
 pub struct FileOptions {
     pub dir: PathBuf,
     /// `fdatasync` after every group write; off survives a process crash, not power loss.
+    /// Either way a crash can lose records still held by [`Journal::submit_lazy`], whose loss
+    /// is harmless by [`Record::needs_sync`].
     pub fsync: bool,
     pub segment_max_bytes: u64,
     /// Zero-fill segments this far ahead of the records, so that a sync writes only data
