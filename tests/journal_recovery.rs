@@ -179,6 +179,37 @@ fn held_answers_go_on_their_own_past_the_limit_and_a_repair_drops_them() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+#[test]
+fn a_failed_sync_makes_the_repair_cut_the_unsynced_answers_before_it() {
+    let dir = temp_dir("eio");
+    let faults = Arc::new(FaultSwitch::default());
+    let mut journal: Journal<Event, Wait> = Journal::open(options(&dir, u64::MAX, Some(faults.clone())), 0).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let accepted = |i: u128| Event::Accepted { id: CorrelationId(i), cents: Cents::new(1_000).unwrap(), accepted_at: UtcMillis(1_000) };
+    let (first, second, third) = (CorrelationId(1), CorrelationId(2), CorrelationId(3));
+    journal.submit_two(accepted(1), Event::Intent { id: first, processor: 0, requested_at: UtcMillis(1_000) }, Wait(tx.clone()));
+    rx.recv().unwrap().unwrap();
+    // The processor's answer is written in a commit of its own, without a sync.
+    journal.submit(Some(Event::Processed { id: first, processor: 0, requested_at: UtcMillis(1_000) }), Wait(tx.clone()));
+    rx.recv().unwrap().unwrap();
+    // The next sync fails (EIO): the answer's writeback may have failed with it.
+    faults.set_syncs_failing(true);
+    journal.submit(Some(accepted(2)), Wait(tx.clone()));
+    assert!(rx.recv().unwrap().is_err(), "a failed sync acknowledges nothing");
+    faults.set_syncs_failing(false);
+    journal.repair().blocking_recv().unwrap().unwrap();
+    journal.submit(Some(accepted(3)), Wait(tx.clone()));
+    rx.recv().unwrap().unwrap();
+    // The repair cut the segment back to the last good sync: the answer is gone (the payment
+    // is resolved again on its processor) and no record follows a possible hole.
+    let state = persist::reload(&dir, &names(), &Mutex::new(())).unwrap();
+    assert!(matches!(state.get(first).unwrap().status, paygate::ledger::Status::Sent { processor: 0, .. }));
+    assert!(state.get(second).is_none());
+    assert!(state.get(third).is_some());
+    drop(journal);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn a_processors_answer_the_ledger_holds_back_reaches_the_disk_without_further_traffic() {
     use paygate::ledger::{Ledger, LedgerLimits, Settled, Status, Work};

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub struct FaultSwitch {
     failing: AtomicBool,
     full: AtomicBool,
+    syncs_failing: AtomicBool,
 }
 
 impl FaultSwitch {
@@ -25,6 +26,21 @@ impl FaultSwitch {
 
     pub fn set_full(&self, full: bool) {
         self.full.store(full, Ordering::SeqCst);
+    }
+
+    /// Fails only `fdatasync` (writes succeed), as a device that reports an I/O error on
+    /// writeback does: what was written since the last good sync may not be on disk.
+    pub fn set_syncs_failing(&self, failing: bool) {
+        self.syncs_failing.store(failing, Ordering::SeqCst);
+    }
+
+    fn check_sync(&self) -> io::Result<()> {
+        self.check()?;
+        if self.syncs_failing.load(Ordering::SeqCst) {
+            Err(io::Error::other("injected disk fault: fdatasync failed (EIO)"))
+        } else {
+            Ok(())
+        }
     }
 
     fn check(&self) -> io::Result<()> {
@@ -97,7 +113,7 @@ impl SegmentFile {
     }
 
     pub fn sync_data(&mut self) -> io::Result<()> {
-        self.check()?;
+        self.faults.as_ref().map_or(Ok(()), |f| f.check_sync())?;
         self.file.sync_data()
     }
 

@@ -133,6 +133,7 @@ impl<E: Record, C: Completion> Journal<E, C> {
             seq: next_seq,
             segment,
             len,
+            durable: len,
             failed: false,
             unsynced: false,
             failures: failures.clone(),
@@ -230,8 +231,11 @@ struct Writer {
     opts: FileOptions,
     seq: u64,
     segment: SegmentFile,
-    /// Bytes of the open segment known to be written (and synced, with fsync on).
+    /// Bytes of the open segment written (records, lazy ones included).
     len: u64,
+    /// Bytes of the open segment known to be durable: synced, with fsync on (lazy records
+    /// past it are not); written, with fsync off. A repair cuts the segment back to it.
+    durable: u64,
     /// A write failed and the segment may hold a partial batch past `len`.
     failed: bool,
     /// Bytes were written since the last sync (lazy records).
@@ -343,18 +347,25 @@ impl Writer {
             self.unsynced = false;
         }
         self.len += self.buf.len() as u64;
+        if !self.unsynced || !self.opts.fsync {
+            self.durable = self.len;
+        }
         Ok(())
     }
 
     /// Cuts the open segment back to its durable length, then proves the disk takes writes
     /// again by zero-filling space ahead of the records (and syncing it): on a disk that is
     /// still full this fails, and the journal stays failed instead of failing the next
-    /// payment's commit all over again.
+    /// payment's commit all over again. Lazy records written since the last good sync are cut
+    /// too: after a failed sync their writeback may have failed, and keeping them would let
+    /// later records sit behind a hole that recovery reads as the journal's end.
     fn repair(&mut self) -> Result<(), JournalError> {
         if !self.failed {
             return Ok(());
         }
         let io = |e: std::io::Error| JournalError::Io(e.to_string());
+        self.len = self.durable;
+        self.unsynced = false;
         self.segment.truncate(self.len).map_err(io)?;
         let ahead = self.opts.prealloc_bytes.max(REPAIR_PROBE_BYTES);
         self.segment.preallocate(self.len + ahead, self.opts.fsync).map_err(io)?;
@@ -374,6 +385,7 @@ impl Writer {
                 return;
             }
             self.unsynced = false;
+            self.durable = self.len;
         }
         let next = self.seq + 1;
         let (segment, len) = match new_segment(&self.opts, next) {
@@ -387,6 +399,8 @@ impl Writer {
         self.segment = segment;
         self.seq = next;
         self.len = len;
+        // The header: synced with the first commit, which every later record needs.
+        self.durable = len;
         self.unsynced = false;
         if reset {
             let _guard = self.opts.dir_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
