@@ -114,52 +114,38 @@ def with_steal(fn):
 
 
 def process_counters(pid):
-    """CPU seconds (user + system, all threads), context switches (voluntary, involuntary,
-    summed over threads) and minor page faults of process `pid` so far."""
+    """Counters of process `pid` so far, in one pass over its threads: CPU seconds (user +
+    system) in all and by thread name (the runtime's thread — `paygate` for current_thread,
+    `tokio-rt-worker` for the pool —, `journal-writer`, blocking-pool threads), context
+    switches (voluntary + involuntary) and minor page faults."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    cpu_s = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    minflt = int(fields[7])
-    vol = invol = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            for line in (task / "status").read_text().splitlines():
-                if line.startswith("voluntary_ctxt_switches:"):
-                    vol += int(line.split()[1])
-                elif line.startswith("nonvoluntary_ctxt_switches:"):
-                    invol += int(line.split()[1])
-        except FileNotFoundError:
-            pass  # a thread that ended meanwhile
-    return cpu_s, vol, invol, minflt
-
-
-def thread_cpu(pid):
-    """CPU seconds (user + system) of process `pid`'s threads so far, summed by thread name
-    (the runtime's thread — `paygate` for current_thread, `tokio-rt-worker` for the pool —,
-    `journal-writer`, blocking-pool threads)."""
-    by_name = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    counters = {"cpu_s": (int(fields[11]) + int(fields[12])) / tick, "minflt": int(fields[7]), "cs": 0, "by_thread": {}}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             name = (task / "comm").read_text().strip()
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            tfields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            status = (task / "status").read_text().splitlines()
         except (FileNotFoundError, ProcessLookupError):
             continue  # a thread that ended meanwhile
-        by_name[name] = by_name.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return by_name
+        counters["by_thread"][name] = counters["by_thread"].get(name, 0.0) + (int(tfields[11]) + int(tfields[12])) / tick
+        counters["cs"] += sum(int(line.split()[1]) for line in status if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")))
+    return counters
 
 
 def with_server_cost(pid, fn, count="ok"):
     """Runs fn() (a load step) and adds the server's CPU time and context switches per request
     answered (`count` names the result's count of answered requests), in all and by thread
     name: stable on a shared VM where latency is not."""
-    before, threads_before = process_counters(pid), thread_cpu(pid)
+    before = process_counters(pid)
     result = fn()
-    after, threads_after = process_counters(pid), thread_cpu(pid)
+    after = process_counters(pid)
     n = max(1, result.get(count, 0))
-    result["server_cpu_us_per_req"] = round((after[0] - before[0]) * 1e6 / n, 1)
-    result["server_cs_per_req"] = round(((after[1] - before[1]) + (after[2] - before[2])) / n, 2)
-    result["server_minflt_per_req"] = round((after[3] - before[3]) / n, 4)
+    result["server_cpu_us_per_req"] = round((after["cpu_s"] - before["cpu_s"]) * 1e6 / n, 1)
+    result["server_cs_per_req"] = round((after["cs"] - before["cs"]) / n, 2)
+    result["server_minflt_per_req"] = round((after["minflt"] - before["minflt"]) / n, 4)
     result["server_cpu_us_per_req_by_thread"] = {
-        name: round((cpu - threads_before.get(name, 0.0)) * 1e6 / n, 1) for name, cpu in sorted(threads_after.items())}
+        name: round((cpu - before["by_thread"].get(name, 0.0)) * 1e6 / n, 1) for name, cpu in sorted(after["by_thread"].items())}
     return result
 
 
@@ -453,8 +439,8 @@ def by_thread(runs):
     runs = [r["server_cpu_us_per_req_by_thread"] for r in runs if "server_cpu_us_per_req_by_thread" in r]
     if not runs:
         return "–"
-    names = sorted({n for r in runs for n in r}, key=lambda n: -med([r.get(n, 0.0) for r in runs]))
-    return ", ".join(f"{n} {med([r.get(n, 0.0) for r in runs]):.0f}" for n in names if med([r.get(n, 0.0) for r in runs]) >= 0.5)
+    medians = {n: med([r.get(n, 0.0) for r in runs]) for n in {n for r in runs for n in r}}
+    return ", ".join(f"{n} {m:.0f}" for n, m in sorted(medians.items(), key=lambda nm: -nm[1]) if m >= 0.5)
 
 
 def render_contest():

@@ -3,9 +3,10 @@
 
 Starts two simulators and the gateway (release build), attaches `strace -c` to every thread of
 the gateway, runs `paygate loadgen` at RATE for DURATION seconds, detaches, and divides each
-call's count by the payments answered (with no warm-up: every payment traced is counted). strace slows the process down, so latency under it
-means nothing; the counts are what this is for (a group commit's `fdatasync` per payment falls
-as the rate grows, a `write` per answer does not).
+call's count by the payments answered (with no warm-up: every payment traced is counted).
+strace slows the process down, so latency under it means nothing; the counts are what this is
+for (a group commit's `fdatasync` per payment falls as the rate grows, a `write` per answer
+does not).
 
     python3 scripts/syscalls.py [--rate 500] [--duration 10] [--json perf/results/syscalls.json]
 """

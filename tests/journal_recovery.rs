@@ -12,7 +12,7 @@ use common::*;
 use hyper::{Method, StatusCode};
 use paygate::domain::{Cents, CorrelationId, UtcMillis};
 use paygate::journal::file::list;
-use paygate::journal::{FaultSwitch, FileOptions, Journal};
+use paygate::journal::{FaultSwitch, FileOptions, Journal, Record};
 use paygate::ledger::persist::{self, Wait};
 use paygate::ledger::{Event, State};
 
@@ -102,7 +102,7 @@ fn write_with_lazy_answers(dir: &Path, events: &[Event], flush: bool) {
     let (tx, rx) = mpsc::channel();
     let mut waiting = 0;
     for e in events {
-        if matches!(e, Event::Processed { .. } | Event::Rejected { .. }) {
+        if !e.needs_sync() {
             journal.submit_lazy(*e);
         } else {
             journal.submit(Some(*e), Wait(tx.clone()));
@@ -133,7 +133,7 @@ fn held_back_answers_reach_the_disk_in_order_with_the_next_record_or_a_flush() {
         let recovered = persist::recover(&dir, &names()).unwrap().state;
         // Every held answer rode with the next record, in order; only those after the last
         // one need the flush.
-        let last_synced = evs.iter().rposition(|e| !matches!(e, Event::Processed { .. } | Event::Rejected { .. })).unwrap();
+        let last_synced = evs.iter().rposition(Record::needs_sync).unwrap();
         let on_disk = if flush { &evs[..] } else { &evs[..=last_synced] };
         assert!(recovered == model(on_disk), "flush {flush}");
         std::fs::remove_dir_all(dir).unwrap();

@@ -135,7 +135,6 @@ impl<E: Record, C: Completion> Journal<E, C> {
             len,
             durable: len,
             failed: false,
-            unsynced: false,
             failures: failures.clone(),
             buf: Vec::with_capacity(64 * 1024),
             log: crate::logs::LogLimiter::new(std::time::Duration::from_millis(FAILURE_LOG_EVERY_MS)),
@@ -234,12 +233,11 @@ struct Writer {
     /// Bytes of the open segment written (records, lazy ones included).
     len: u64,
     /// Bytes of the open segment known to be durable: synced, with fsync on (lazy records
-    /// past it are not); written, with fsync off. A repair cuts the segment back to it.
+    /// past it are written but not synced); written, with fsync off. A repair cuts the
+    /// segment back to it.
     durable: u64,
     /// A write failed and the segment may hold a partial batch past `len`.
     failed: bool,
-    /// Bytes were written since the last sync (lazy records).
-    unsynced: bool,
     failures: Arc<AtomicU64>,
     failed_signal: Arc<tokio::sync::Notify>,
     buf: Vec<u8>,
@@ -333,23 +331,22 @@ impl Writer {
         let io = |e: std::io::Error| JournalError::Io(e.to_string());
         if !self.buf.is_empty() {
             self.segment.write_at(&self.buf, self.len).map_err(io)?;
-            self.unsynced = true;
             if let Some(m) = &self.opts.metrics {
                 m.bytes_written.inc_by(self.buf.len() as u64);
             }
         }
-        if sync && self.unsynced && self.opts.fsync {
+        let end = self.len + self.buf.len() as u64;
+        if !self.opts.fsync {
+            self.durable = end;
+        } else if sync && end > self.durable {
             let started = std::time::Instant::now();
             self.segment.sync_data().map_err(io)?;
             if let Some(m) = &self.opts.metrics {
                 m.fsync_seconds.observe(started.elapsed().as_secs_f64());
             }
-            self.unsynced = false;
+            self.durable = end;
         }
-        self.len += self.buf.len() as u64;
-        if !self.unsynced || !self.opts.fsync {
-            self.durable = self.len;
-        }
+        self.len = end;
         Ok(())
     }
 
@@ -365,7 +362,6 @@ impl Writer {
         }
         let io = |e: std::io::Error| JournalError::Io(e.to_string());
         self.len = self.durable;
-        self.unsynced = false;
         self.segment.truncate(self.len).map_err(io)?;
         let ahead = self.opts.prealloc_bytes.max(REPAIR_PROBE_BYTES);
         self.segment.preallocate(self.len + ahead, self.opts.fsync).map_err(io)?;
@@ -379,12 +375,11 @@ impl Writer {
     fn rotate(&mut self, reset: bool) {
         // Lazy records must not be lost from a closed segment while a later one survives:
         // recovery would see a torn record in the middle of the journal.
-        if self.unsynced && self.opts.fsync {
+        if self.len > self.durable {
             if let Err(e) = self.segment.sync_data() {
                 tracing::warn!(error = %e, "cannot sync the segment before closing it; keeping it open");
                 return;
             }
-            self.unsynced = false;
             self.durable = self.len;
         }
         let next = self.seq + 1;
@@ -401,7 +396,6 @@ impl Writer {
         self.len = len;
         // The header: synced with the first commit, which every later record needs.
         self.durable = len;
-        self.unsynced = false;
         if reset {
             let _guard = self.opts.dir_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Ok(listing) = file::list(&self.opts.dir) {

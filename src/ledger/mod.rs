@@ -374,14 +374,12 @@ impl Ledger {
                 () = &mut failed => failed = Box::pin(self.journal.failed()),
                 () = &mut lazy_due, if lazy_armed => self.journal.flush_lazy(),
             }
-            match (self.journal.has_lazy(), lazy_armed) {
-                (true, false) => {
-                    lazy_due.as_mut().reset(tokio::time::Instant::now() + Duration::from_millis(LAZY_WINDOW_MS));
-                    lazy_armed = true;
-                }
-                (false, true) => lazy_armed = false,
-                _ => {}
+            // The deadline starts with the first record held, and is not pushed back by later ones.
+            let held = self.journal.has_lazy();
+            if held && !lazy_armed {
+                lazy_due.as_mut().reset(tokio::time::Instant::now() + Duration::from_millis(LAZY_WINDOW_MS));
             }
+            lazy_armed = held;
             if self.journal.failures() != self.seen_failures {
                 self.recover_journal(&mut rx).await;
             }
