@@ -120,6 +120,7 @@ async fn summary_windows_are_inclusive_to_the_millisecond() {
     let id = CorrelationId::random();
     assert_eq!(http.pay(&gw.url, id, "12.34").await, StatusCode::ACCEPTED);
     eventually(Duration::from_secs(10), "processed", || async { default.sim.payment_count() == 1 }).await;
+    eventually_books_agree(&http, &gw.url, &[("default", &default), ("fallback", &fallback)]).await;
     let p = http.get_json(&format!("{}/payments/{id}", gw.url), &[]).await;
     assert_eq!((p["status"].as_str(), p["processor"].as_str(), cents(&p["amount"])), (Some("processed"), Some("default"), 1234));
     let at =

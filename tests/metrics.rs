@@ -94,6 +94,7 @@ async fn metrics_parse_and_show_every_series_after_a_short_load() {
         assert_eq!(http.pay(&url, CorrelationId::random(), "5.00").await, StatusCode::ACCEPTED);
     }
     eventually(Duration::from_secs(10), "processed at fallback", || async { fallback.sim.payment_count() == 10 }).await;
+    eventually_books_agree(&http, &url, &sims).await;
     assert_eq!(http.get(&format!("{url}/payments-summary")).await.0, StatusCode::OK);
     assert_eq!(http.get(&format!("{url}/health")).await.0, StatusCode::OK);
     assert_eq!(http.get(&format!("{url}/nowhere")).await.0, StatusCode::NOT_FOUND);

@@ -29,6 +29,7 @@ async fn thousand_payments_from_fifty_clients_are_processed_once_by_default() {
         c.await.unwrap();
     }
     eventually(Duration::from_secs(20), "all payments processed", || async { default.sim.payment_count() == 1000 }).await;
+    eventually_books_agree(&http, &gw.url, &[("default", &default), ("fallback", &fallback)]).await;
     let g = http.gateway_summary(&gw.url, "").await;
     assert_eq!(totals_of(&g, "default"), (1000, 1000 * 1990));
     assert_eq!(totals_of(&g, "fallback"), (0, 0));
@@ -147,6 +148,7 @@ async fn default_failing_past_max_defer_sends_payments_to_fallback_once() {
         assert_eq!(http.pay(&gw.url, CorrelationId::random(), "10.01").await, StatusCode::ACCEPTED);
     }
     eventually(Duration::from_secs(20), "all on fallback", || async { fallback.sim.payment_count() == 100 }).await;
+    eventually_books_agree(&http, &gw.url, &sims).await;
     assert_eq!(default.sim.payment_count(), 0);
     assert_eq!(http.sim_totals(&fallback, "").await, (100, 100 * 1001));
     assert_eq!(audit(&http, &gw.url, &sims, "").await, Vec::<String>::new());

@@ -205,6 +205,16 @@ pub async fn audit(http: &Http, gateway: &str, sims: &[(&str, &RunningSim)], win
     bad
 }
 
+/// Waits until the gateway's summary equals every processor's own books. A processor records
+/// a payment before its answer reaches the gateway, so a test that saw a processor's count
+/// reach N waits for this before it reads the gateway's state.
+pub async fn eventually_books_agree(http: &Http, gateway: &str, sims: &[(&str, &RunningSim)]) {
+    eventually(Duration::from_secs(10), "the gateway's books to match the processors'", || async {
+        audit(http, gateway, sims, "").await.is_empty()
+    })
+    .await;
+}
+
 /// Polls until `done` holds, failing the test after `limit`.
 pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut done: F)
 where
