@@ -68,6 +68,13 @@ pub struct ServeArgs {
     /// Accepted payments not yet processed; beyond it `POST /payments` answers 503.
     #[arg(long, env = "PAYGATE_PENDING_MAX", default_value_t = 200_000)]
     pub pending_max: usize,
+    /// The most settled payments kept in memory (the newest); older ones are served from the
+    /// on-disk history. With `--pending-max` it sizes the ledger's table once, at start.
+    #[arg(long, env = "PAYGATE_HOT_MAX", default_value_t = crate::ledger::HOT_MAX)]
+    pub hot_max: usize,
+    /// A settled payment leaves memory this long after it settled, even below `--hot-max`.
+    #[arg(long, env = "PAYGATE_HOT_WINDOW_MS", default_value_t = crate::ledger::HOT_WINDOW_MS)]
+    pub hot_window_ms: u64,
     /// Tokio worker threads (default: one per CPU core).
     #[arg(long, env = "PAYGATE_WORKER_THREADS", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
     pub worker_threads: Option<usize>,
@@ -132,6 +139,8 @@ pub struct GatewayConfig {
     pub upstream_timeout: Duration,
     pub dispatch_workers: usize,
     pub pending_max: usize,
+    pub hot_max: usize,
+    pub hot_window: Duration,
     pub health_interval: Duration,
     /// Address of the metrics listener; `None` for none.
     pub metrics_listen: Option<String>,
@@ -156,6 +165,9 @@ pub const MIN_HEALTH_INTERVAL_MS: u64 = 5_000;
 /// Default of `--drain-ms`: long enough for a load balancer polling `/health` every second or
 /// two to see the 503 a few times.
 pub const DRAIN_MS: u64 = 5_000;
+/// Most payments the ledger's table may be sized for (`--pending-max` + `--hot-max`): about
+/// 2.3 GiB of table.
+pub const MAX_HOT_CAPACITY: usize = 32_000_000;
 /// Most client connections `--max-connections` may ask for.
 pub const MAX_CONNECTIONS_LIMIT: usize = 1_000_000;
 /// File descriptors kept apart from client connections besides those counted per worker and
@@ -262,6 +274,9 @@ impl TryFrom<ServeArgs> for GatewayConfig {
         if a.dispatch_workers == 0 || a.pending_max == 0 || a.upstream_timeout_ms == 0 {
             return Err("--dispatch-workers, --pending-max and --upstream-timeout-ms must be positive".into());
         }
+        if a.pending_max.saturating_add(a.hot_max) > MAX_HOT_CAPACITY {
+            return Err(format!("--pending-max plus --hot-max must be at most {MAX_HOT_CAPACITY}"));
+        }
         if a.header_timeout_ms == 0 || a.idle_timeout_ms == 0 || a.body_timeout_ms == 0 {
             return Err("--header-timeout-ms, --idle-timeout-ms and --body-timeout-ms must be positive".into());
         }
@@ -281,6 +296,8 @@ impl TryFrom<ServeArgs> for GatewayConfig {
             upstream_timeout: Duration::from_millis(a.upstream_timeout_ms),
             dispatch_workers: a.dispatch_workers,
             pending_max: a.pending_max,
+            hot_max: a.hot_max,
+            hot_window: Duration::from_millis(a.hot_window_ms),
             health_interval: Duration::from_millis(a.health_interval_ms),
             metrics_listen: (a.metrics_listen != "off").then_some(a.metrics_listen),
             route_at_accept: a.route_at_accept == "on",

@@ -63,11 +63,13 @@ pub async fn run_with(
     let probe_timeout = config.upstream_timeout + Duration::from_millis(PROBE_MARGIN_MS);
     let router = Arc::new(Router::new(upstreams, config.max_defer, probe_timeout));
     let (queue, queue_rx) = WorkQueue::new(metrics.clone());
-    let (journal, state, restore) = open_journal(&config, metrics.as_ref().map(|m| m.journal.clone())).await?;
+    let (journal, state, restore, opened) = open_journal(&config, metrics.as_ref().map(|m| m.journal.clone())).await?;
     let all_names = state.names().to_vec();
-    let limits = LedgerLimits { pending_max: config.pending_max };
+    let limits = LedgerLimits { pending_max: config.pending_max, hot_max: config.hot_max, hot_window: config.hot_window };
     let route_at_accept = config.route_at_accept.then(|| router.clone());
-    let (ledger, ledger_task) = Ledger::spawn(state, journal, queue.clone(), limits, restore, metrics.clone(), route_at_accept);
+    let history = opened.history.clone();
+    let (ledger, ledger_task) =
+        Ledger::spawn(state, journal, queue.clone(), limits, restore, metrics.clone(), route_at_accept, opened.history, opened.filter);
     let sends = Arc::new(SendGate::default());
     let shared = Arc::new(Shared {
         router: router.clone(),
@@ -144,14 +146,19 @@ pub async fn run_with(
         Ok(Err(_)) | Err(_) => tracing::warn!("final journal flush did not finish; the next start resolves what it lost"),
     }
     ledger_task.abort();
+    tokio::task::spawn_blocking(move || history.close()).await.map_err(|e| e.to_string())?;
     tracing::info!("paygate stopped");
     Ok(())
 }
 
-/// Recovers the ledger's state from the data directory and opens the journal after it.
-/// Refuses to start when a processor that is no longer configured still holds payments whose
-/// outcome there is unknown: only that processor can say whether it recorded them.
-async fn open_journal(config: &GatewayConfig, metrics: Option<JournalMetrics>) -> Result<(Journal<Event, Done>, State, Restore), String> {
+/// Recovers the ledger's state from the data directory, moves its processed payments into the
+/// history, and opens the journal after it. Refuses to start when a processor that is no
+/// longer configured still holds payments whose outcome there is unknown: only that processor
+/// can say whether it recorded them.
+async fn open_journal(
+    config: &GatewayConfig,
+    metrics: Option<JournalMetrics>,
+) -> Result<(Journal<Event, Done>, State, Restore, crate::history::Opened), String> {
     let configured: Vec<String> = config.processors.iter().map(|(n, _)| n.clone()).collect();
     let dir = config.data_dir.clone();
     let started = std::time::Instant::now();
@@ -162,7 +169,7 @@ async fn open_journal(config: &GatewayConfig, metrics: Option<JournalMetrics>) -
     .await
     .map_err(|e| e.to_string())?
     .map_err(|e| e.to_string())?;
-    let state = recovered.state;
+    let mut state = recovered.state;
     for (idx, name) in state.names().iter().enumerate().skip(configured.len()) {
         let unresolved = state.unresolved_at(idx as ProcessorIdx);
         if unresolved > 0 {
@@ -173,16 +180,33 @@ async fn open_journal(config: &GatewayConfig, metrics: Option<JournalMetrics>) -
         }
         tracing::warn!(processor = %name, "processor known from the journal is not configured; its history is kept but not reported");
     }
+    let replayed_payments = state.len();
+    let opened = tokio::task::spawn_blocking({
+        let dir = dir.clone();
+        move || crate::history::History::open(&dir, &mut state).map(|o| (o, state))
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    let (opened, state) = opened;
     tracing::info!(
         data_dir = %dir.display(),
-        payments = state.len(),
+        payments = replayed_payments,
         unfinished = state.unfinished(),
+        history_payments = opened.len,
+        moved_to_history = opened.absorbed,
+        filter_bytes = opened.filter.bytes(),
         replayed_records = recovered.replayed,
         ms = started.elapsed().as_millis() as u64,
         "ledger recovered from the journal"
     );
     let dir_lock = Arc::new(Mutex::new(()));
-    let rotated = persist::spawn_compactor(dir.clone(), configured.clone(), dir_lock.clone()).map_err(|e| e.to_string())?;
+    // Past this point a failure must release the history for the next start.
+    let fail = |e: String, opened: &crate::history::Opened| {
+        opened.history.close();
+        e
+    };
+    let rotated = persist::spawn_compactor(dir.clone(), configured.clone(), dir_lock.clone(), Some(opened.history.clone()))
+        .map_err(|e| fail(e.to_string(), &opened))?;
     let options = FileOptions {
         dir: dir.clone(),
         fsync: config.fsync,
@@ -194,9 +218,10 @@ async fn open_journal(config: &GatewayConfig, metrics: Option<JournalMetrics>) -
         segment_header: persist::segment_header(state.names()),
         metrics,
     };
-    let journal = Journal::open(options, recovered.next_seq).map_err(|e| format!("cannot open the journal in {}: {e}", dir.display()))?;
+    let journal = Journal::open(options, recovered.next_seq)
+        .map_err(|e| fail(format!("cannot open the journal in {}: {e}", dir.display()), &opened))?;
     let restore: Restore = Arc::new(move || persist::reload(&dir, &configured, &dir_lock).map_err(|e| e.to_string()));
-    Ok((journal, state, restore))
+    Ok((journal, state, restore, opened))
 }
 
 /// Serves `GET /metrics` on its own listener: refreshes the gauges that describe state (backlog,
@@ -212,6 +237,8 @@ async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>, api: Arc<Ap
                 metrics.pending.set(b.pending as i64);
                 let age_ms = b.oldest_accepted_at.map_or(0, |at| (crate::domain::UtcMillis::now().0 - at.0).max(0));
                 metrics.oldest_pending_seconds.set(age_ms as f64 / 1_000.0);
+                metrics.hot_payments.set(b.hot as i64);
+                metrics.hot_capacity.set(b.hot_capacity as i64);
             }
             for (i, u) in api.router.upstreams().iter().enumerate() {
                 metrics.set_pinned(i, u.pinned.load(Ordering::Relaxed));

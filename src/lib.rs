@@ -7,6 +7,7 @@ pub mod dispatch;
 pub mod domain;
 pub mod gateway;
 pub mod healthcheck;
+pub mod history;
 pub mod http;
 pub mod journal;
 pub mod ledger;

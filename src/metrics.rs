@@ -30,6 +30,10 @@ pub const PHASES: [&str; 4] = ["closed", "open", "checking", "half_open"];
 /// Latency buckets in seconds, from 50 µs to 10 s: the request path lives in the first few.
 const LATENCY_BUCKETS_S: [f64; 18] =
     [0.00005, 0.0001, 0.0002, 0.0003, 0.0005, 0.00075, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+/// Time the ledger's single writer spends on one command, 1 µs to 100 ms: a stall of the
+/// writer (a table rehash, a page-fault storm) shows in the upper buckets.
+const COMMAND_BUCKETS_S: [f64; 14] =
+    [0.000001, 0.000002, 0.000005, 0.00001, 0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.02, 0.1];
 /// Records per group commit.
 const BATCH_BUCKETS: [f64; 12] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 8192.0];
 
@@ -56,6 +60,12 @@ pub struct Metrics {
     /// The HTTP server's count of open connections, read at each scrape.
     connections: std::sync::OnceLock<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
     pub journal: JournalMetrics,
+    ledger_command_seconds: Histogram,
+    /// The longest command since start, in nanoseconds.
+    ledger_command_max_ns: Gauge,
+    /// Payments in the ledger's memory, and what its table holds before it must grow.
+    pub hot_payments: Gauge,
+    pub hot_capacity: Gauge,
 }
 
 /// What the journal writer records, on its own thread.
@@ -149,7 +159,32 @@ impl Metrics {
         registry.register("journal_written_bytes", "Bytes written to journal segments", journal.bytes_written.clone());
         registry.register("journal_write_failures", "Journal writes or syncs that failed", journal.write_failures.clone());
 
+        let ledger_command_seconds = Histogram::new(COMMAND_BUCKETS_S);
+        registry.register(
+            "ledger_command_duration_seconds",
+            "Time the ledger's single writer spent on one command",
+            ledger_command_seconds.clone(),
+        );
+        let ledger_command_max_ns = Gauge::default();
+        registry.register("ledger_command_max_nanoseconds", "The ledger's longest command since start", ledger_command_max_ns.clone());
+        let hot_payments = Gauge::default();
+        registry.register(
+            "ledger_hot_payments",
+            "Payments the ledger holds in memory (pending and recently settled)",
+            hot_payments.clone(),
+        );
+        let hot_capacity = Gauge::default();
+        registry.register(
+            "ledger_hot_capacity",
+            "Payments the ledger's table holds before it must grow (sized at start)",
+            hot_capacity.clone(),
+        );
+
         Metrics {
+            ledger_command_seconds,
+            ledger_command_max_ns,
+            hot_payments,
+            hot_capacity,
             registry,
             requests,
             request_seconds,
@@ -186,6 +221,15 @@ impl Metrics {
         };
         self.requests[route][status].inc();
         self.request_seconds[route].observe(elapsed.as_secs_f64());
+    }
+
+    /// One ledger command took `elapsed`.
+    pub fn ledger_command(&self, elapsed: Duration) {
+        self.ledger_command_seconds.observe(elapsed.as_secs_f64());
+        let ns = elapsed.as_nanos() as i64;
+        if ns > self.ledger_command_max_ns.get() {
+            self.ledger_command_max_ns.set(ns);
+        }
     }
 
     pub fn settled(&self, processor: usize, processed: bool) {

@@ -217,10 +217,13 @@ async fn a_processors_answer_the_ledger_holds_back_reaches_the_disk_without_furt
     let journal = Journal::open(options(&dir, u64::MAX, None), 0).unwrap();
     let (queue, _work) = paygate::dispatch::WorkQueue::new(None);
     let restore: paygate::ledger::Restore = Arc::new(|| Err("not needed".into()));
-    let (ledger, _task) = Ledger::spawn(State::new(&NAMES), journal, queue, LedgerLimits { pending_max: 10 }, restore, None, None);
+    let mut state = State::new(&NAMES);
+    let history = paygate::history::History::open(&dir, &mut state).unwrap();
+    let limits = LedgerLimits { pending_max: 10, hot_max: 10, hot_window: std::time::Duration::from_secs(60) };
+    let (ledger, _task) = Ledger::spawn(state, journal, queue, limits, restore, None, None, history.history, history.filter);
     let id = CorrelationId(42);
     ledger.accept(id, Cents::new(1_990).unwrap()).await.unwrap().unwrap();
-    let p = ledger.get(id).await.unwrap().unwrap();
+    let p = ledger.get(id).await.unwrap().unwrap().unwrap();
     let work = Work { id, cents: p.cents, accepted_at: p.accepted_at, ticket: p.ticket, generation: 0, pinned: None, fresh: false };
     let requested_at = UtcMillis(p.accepted_at.0 + 1);
     ledger.intent(work, 0, requested_at).await.unwrap();

@@ -132,13 +132,22 @@ impl Api {
             Ok(()) => Ok(json(StatusCode::ACCEPTED, &b"{\"status\":\"accepted\"}"[..])),
             Err(AcceptError::AmountMismatch) => Err(ApiError::AmountMismatch),
             Err(AcceptError::BacklogFull) => Err(ApiError::BacklogFull),
-            Err(AcceptError::Unavailable) => Err(ApiError::JournalUnavailable),
+            Err(AcceptError::Unavailable | AcceptError::CheckHistory { .. }) => Err(ApiError::JournalUnavailable),
         }
     }
 
     async fn get_payment(&self, id: &str) -> Result<Response<Body>, ApiError> {
         let id = CorrelationId::parse(id.as_bytes()).ok_or(ApiError::PaymentNotFound)?;
-        let p = self.ledger.get(id).await.map_err(|_| ApiError::ShuttingDown)?.ok_or(ApiError::PaymentNotFound)?;
+        let p = self
+            .ledger
+            .get(id)
+            .await
+            .map_err(|_| ApiError::ShuttingDown)?
+            .map_err(|e| {
+                tracing::error!(error = %e, %id, "history read failed");
+                ApiError::JournalUnavailable
+            })?
+            .ok_or(ApiError::PaymentNotFound)?;
         let mut out = Vec::with_capacity(160);
         out.extend_from_slice(b"{\"correlationId\":\"");
         id.write_to(&mut out);

@@ -10,13 +10,13 @@
 pub mod resolver;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{Mutex, RwLock, RwLockWriteGuard, mpsc};
+use tokio::sync::{Mutex, RwLock, RwLockWriteGuard};
 use tokio::task::JoinHandle;
 
 use crate::domain::UtcMillis;
+pub use crate::ledger::queue::{WorkQueue, WorkReceiver};
 use crate::ledger::{IntentError, LedgerHandle, Settled, Work};
 use crate::metrics::Metrics;
 use crate::processor::breaker::Permit;
@@ -27,50 +27,6 @@ use crate::processor::{Outcome, ProcessorIdx};
 pub const BACKOFF_BASE_MS: u64 = 20;
 /// Longest wait between attempts for one payment.
 pub const BACKOFF_CAP_MS: u64 = 1_000;
-
-/// The way into dispatch: every work item made anywhere goes through [`WorkQueue::push`],
-/// which counts it until it ends, so `/health` can show that nothing piles up.
-#[derive(Clone)]
-pub struct WorkQueue {
-    tx: mpsc::UnboundedSender<Work>,
-    live: Arc<AtomicUsize>,
-    metrics: Option<Arc<Metrics>>,
-}
-
-/// The workers' end of the queue.
-pub struct WorkReceiver(mpsc::UnboundedReceiver<Work>);
-
-impl WorkQueue {
-    pub fn new(metrics: Option<Arc<Metrics>>) -> (WorkQueue, WorkReceiver) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        (WorkQueue { tx, live: Arc::default(), metrics }, WorkReceiver(rx))
-    }
-
-    /// Hands over a payment whose acceptance just became durable.
-    pub fn push_accepted(&self, work: Work) {
-        if let Some(m) = &self.metrics {
-            m.accepted.inc();
-        }
-        self.push(work);
-    }
-
-    pub fn push(&self, work: Work) {
-        self.live.fetch_add(1, Ordering::Relaxed);
-        // The receiver closes only at shutdown; the journal brings the payment back on restart.
-        if self.tx.send(work).is_err() {
-            self.live.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Work items queued, being forwarded, or being resolved.
-    pub fn live(&self) -> usize {
-        self.live.load(Ordering::Relaxed)
-    }
-
-    fn ended(&self) {
-        self.live.fetch_sub(1, Ordering::Relaxed);
-    }
-}
 
 /// Held (read side) by every send from its intent to its settled outcome; a purge takes the
 /// write side, which waits for those sends to end and holds new ones back.
@@ -110,7 +66,7 @@ impl Shared {
 pub fn spawn(workers: usize, queue: WorkReceiver, shared: Arc<Shared>) -> Vec<JoinHandle<()>> {
     let (resolvers, mut handles) = resolver::spawn(shared.clone());
     let resolvers = Arc::new(resolvers);
-    let queue = Arc::new(Mutex::new(queue.0));
+    let queue = Arc::new(Mutex::new(queue.into_inner()));
     handles.extend((0..workers).map(|_| {
         let (queue, shared, resolvers) = (queue.clone(), shared.clone(), resolvers.clone());
         tokio::spawn(async move {

@@ -4,9 +4,11 @@
 
 pub mod codec;
 pub mod persist;
+pub mod queue;
 pub mod state;
 pub mod summary;
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,8 +19,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub use state::{Event, Payment, State, Status};
 pub use summary::Totals;
 
-use crate::dispatch::WorkQueue;
+pub use queue::WorkQueue;
+
 use crate::domain::{Cents, CorrelationId, UtcMillis};
+use crate::history::filter::IdFilter;
+use crate::history::{Entry, History};
 use crate::journal::{Completion, Journal, JournalError};
 use crate::logs::LogLimiter;
 use crate::processor::ProcessorIdx;
@@ -73,6 +78,10 @@ pub enum AcceptError {
     BacklogFull,
     #[error("the journal cannot make payments durable")]
     Unavailable,
+    /// Not an answer: the id is not in memory and the filter says the history may hold it;
+    /// [`LedgerHandle::accept`] reads the history and asks again (never returned to callers).
+    #[error("the history must be read first")]
+    CheckHistory { version: u64 },
 }
 
 /// Why dispatch may not send a payment.
@@ -95,11 +104,13 @@ enum Command {
     Accept {
         id: CorrelationId,
         cents: Cents,
+        /// The history was read and does not hold `id`, as of this eviction version.
+        checked: Option<u64>,
         reply: oneshot::Sender<Result<(), AcceptError>>,
     },
     Get {
         id: CorrelationId,
-        reply: oneshot::Sender<Option<Payment>>,
+        reply: oneshot::Sender<Lookup>,
     },
     Summary {
         from: Option<UtcMillis>,
@@ -120,6 +131,12 @@ enum Command {
     Purge {
         reply: oneshot::Sender<Result<(), JournalError>>,
     },
+    /// The history is empty: now the purge is applied and journaled.
+    PurgeJournal {
+        reply: oneshot::Sender<Result<(), JournalError>>,
+    },
+    /// The history could not be emptied: the purge is off.
+    PurgeFailed,
     IsCurrent {
         work: Work,
         reply: oneshot::Sender<bool>,
@@ -132,6 +149,16 @@ enum Command {
     },
 }
 
+/// Where a payment's record is, as the ledger knows it.
+#[derive(Clone, Copy, Debug)]
+pub enum Lookup {
+    Hot(Payment),
+    /// Not in memory; the history may hold it.
+    MaybeInHistory,
+    /// Neither in memory nor (by the filter) in the history.
+    Unknown,
+}
+
 /// The backlog as an operator sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Backlog {
@@ -139,6 +166,10 @@ pub struct Backlog {
     pub pending: usize,
     /// When the oldest of them was accepted.
     pub oldest_accepted_at: Option<UtcMillis>,
+    /// Payments in memory (pending and recently settled).
+    pub hot: usize,
+    /// How many the ledger's table holds before it would have to grow (sized at start).
+    pub hot_capacity: usize,
 }
 
 /// What happens once an event is durable.
@@ -175,6 +206,37 @@ impl Completion for Done {
 pub struct LedgerLimits {
     /// Accepted payments not yet processed; beyond it new payments get 503.
     pub pending_max: usize,
+    /// Settled payments kept in memory once the history holds them (the newest ones).
+    pub hot_max: usize,
+    /// A settled payment older than this leaves memory even below `hot_max`.
+    pub hot_window: Duration,
+}
+
+/// Default for [`LedgerLimits::hot_max`] (`--hot-max`): 100 000 settled payments, about 50 s
+/// at 2 000/s, in about 6 MiB of the hot table beside `--pending-max`'s share.
+pub const HOT_MAX: usize = 100_000;
+/// Default for [`LedgerLimits::hot_window`] (`--hot-window-ms`).
+pub const HOT_WINDOW_MS: u64 = 60_000;
+/// Most payments evicted after one command, so eviction never holds a command up for long.
+pub const EVICT_BATCH: usize = 64;
+/// How often an idle ledger checks for payments past the hot window.
+pub const EVICT_TICK_MS: u64 = 1_000;
+
+impl LedgerLimits {
+    /// Payments the hot set may hold at once: every pending one and `hot_max` settled ones.
+    /// Past it (the history fell behind) new payments get 503 rather than growing the table.
+    pub fn hot_capacity(&self) -> usize {
+        self.pending_max.saturating_add(self.hot_max)
+    }
+}
+
+/// A settled payment in the order it settled: it may leave memory once the history confirms
+/// `seq`.
+#[derive(Clone, Copy, Debug)]
+struct Settling {
+    seq: u64,
+    id: CorrelationId,
+    at: UtcMillis,
 }
 
 /// Rebuilds the state from disk, after a journal failure was repaired.
@@ -208,6 +270,7 @@ pub struct LedgerHandle {
     healthy: Arc<AtomicBool>,
     generation: watch::Receiver<u64>,
     pub stats: Arc<JournalStats>,
+    history: History,
 }
 
 /// The ledger task stopped: the gateway is shutting down.
@@ -222,13 +285,40 @@ impl LedgerHandle {
         rx.await.map_err(|_| Stopped)
     }
 
-    /// Accepts a payment; `Ok` once it is durable (a repeat with the same amount too).
+    /// Accepts a payment; `Ok` once it is durable (a repeat with the same amount too, however
+    /// old: an id the ledger no longer holds in memory is looked up in the history, off the
+    /// ledger's task, and asked again with the version it was read at).
     pub async fn accept(&self, id: CorrelationId, cents: Cents) -> Result<Result<(), AcceptError>, Stopped> {
-        self.ask(|reply| Command::Accept { id, cents, reply }).await
+        let mut checked = None;
+        loop {
+            match self.ask(|reply| Command::Accept { id, cents, checked, reply }).await? {
+                Err(AcceptError::CheckHistory { version }) => match self.read_history(id).await {
+                    Ok(Some(e)) if e.cents == cents => return Ok(Ok(())),
+                    Ok(Some(_)) => return Ok(Err(AcceptError::AmountMismatch)),
+                    Ok(None) => checked = Some(version),
+                    Err(e) => {
+                        tracing::error!(error = %e, %id, "history read failed");
+                        return Ok(Err(AcceptError::Unavailable));
+                    }
+                },
+                other => return Ok(other),
+            }
+        }
     }
 
-    pub async fn get(&self, id: CorrelationId) -> Result<Option<Payment>, Stopped> {
-        self.ask(|reply| Command::Get { id, reply }).await
+    /// The payment, from memory or, for one no longer there, from the history. `Err` when the
+    /// history could not be read.
+    pub async fn get(&self, id: CorrelationId) -> Result<Result<Option<Payment>, String>, Stopped> {
+        Ok(match self.ask(|reply| Command::Get { id, reply }).await? {
+            Lookup::Hot(p) => Ok(Some(p)),
+            Lookup::Unknown => Ok(None),
+            Lookup::MaybeInHistory => self.read_history(id).await.map(|e| e.map(|e| e.payment())),
+        })
+    }
+
+    async fn read_history(&self, id: CorrelationId) -> Result<Option<Entry>, String> {
+        let history = self.history.clone();
+        tokio::task::spawn_blocking(move || history.get(id)).await.map_err(|e| e.to_string())?
     }
 
     pub async fn summary(&self, from: Option<UtcMillis>, to: Option<UtcMillis>) -> Result<Vec<Totals>, Stopped> {
@@ -280,7 +370,13 @@ impl LedgerHandle {
     /// Resolves once every command sent before it is applied and its events are durable
     /// (the last step of a graceful shutdown).
     pub async fn flush(&self) -> Result<Result<(), JournalError>, Stopped> {
-        self.ask(|reply| Command::Flush { reply }).await
+        let flushed = self.ask(|reply| Command::Flush { reply }).await?;
+        // Not needed for safety (a restart moves journaled outcomes into the history), only
+        // for a shorter restart.
+        if let Err(e) = self.history.flush().await {
+            tracing::warn!(error = %e, "final history commit failed; the next start redoes it from the journal");
+        }
+        Ok(flushed)
     }
 }
 
@@ -303,21 +399,40 @@ pub struct Ledger {
     metrics: Option<Arc<crate::metrics::Metrics>>,
     /// With `--route-at-accept on`: the router whose cheapest breaker decides.
     route_at_accept: Option<Arc<crate::processor::router::Router>>,
+    history: History,
+    /// Every id evicted to the history (or found there at start).
+    filter: IdFilter,
+    /// Processed payments in memory, oldest first.
+    settling: VecDeque<Settling>,
+    /// The number the next processed payment gets (see [`History::settled`]).
+    next_seq: u64,
+    /// Counts evictions and purges: an `Accept` that read the history at an older version
+    /// must read it again.
+    evict_version: u64,
+    /// A purge is emptying the history: nothing is evicted meanwhile.
+    purging: bool,
+    /// The ledger's own command queue, for the second step of a purge.
+    self_tx: mpsc::WeakSender<Command>,
 }
 
 impl Ledger {
     /// Starts the ledger over a recovered `state`; every unfinished payment in it is handed
     /// to dispatch (pinned to its processor when its outcome there is unknown).
+    #[allow(clippy::too_many_arguments)]
     pub fn spawn(
-        state: State,
+        mut state: State,
         journal: Journal<Event, Done>,
         dispatch: WorkQueue,
         limits: LedgerLimits,
         restore: Restore,
         metrics: Option<Arc<crate::metrics::Metrics>>,
         route_at_accept: Option<Arc<crate::processor::router::Router>>,
+        history: History,
+        filter: IdFilter,
     ) -> (LedgerHandle, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE_LEN);
+        // Sized once: the table is never rehashed into a larger one while commands wait.
+        state.reserve_total(limits.hot_capacity());
         let healthy = Arc::new(AtomicBool::new(true));
         let seen_failures = journal.failures();
         let (generation, generation_rx) = watch::channel(0);
@@ -337,12 +452,19 @@ impl Ledger {
             log: LogLimiter::new(Duration::from_millis(JOURNAL_LOG_EVERY_MS)),
             metrics,
             route_at_accept,
+            history: history.clone(),
+            filter,
+            settling: VecDeque::with_capacity(limits.hot_capacity()),
+            next_seq: 1,
+            evict_version: 0,
+            purging: false,
+            self_tx: tx.downgrade(),
         };
         for (id, p) in ledger.state.payments().filter(|(_, p)| !matches!(p.status, Status::Processed { .. })) {
             ledger.dispatch.push(Work::new(id, p, 0));
         }
         let task = tokio::spawn(ledger.run(rx));
-        (LedgerHandle { tx, healthy, generation: generation_rx, stats }, task)
+        (LedgerHandle { tx, healthy, generation: generation_rx, stats, history }, task)
     }
 
     /// Hands these payments to dispatch, each as it stands now (pinned to its processor when
@@ -362,10 +484,13 @@ impl Ledger {
         let lazy_due = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(lazy_due);
         let mut lazy_armed = false;
+        let mut confirmed = self.history.confirmed.clone();
+        let mut tick = tokio::time::interval(Duration::from_millis(EVICT_TICK_MS));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 cmd = rx.recv() => match cmd {
-                    Some(cmd) => self.handle(cmd),
+                    Some(cmd) => self.timed(cmd),
                     None => {
                         self.journal.flush_lazy();
                         return;
@@ -373,7 +498,10 @@ impl Ledger {
                 },
                 () = &mut failed => failed = Box::pin(self.journal.failed()),
                 () = &mut lazy_due, if lazy_armed => self.journal.flush_lazy(),
+                Ok(()) = confirmed.changed() => {}
+                _ = tick.tick() => {}
             }
+            self.evict();
             // The deadline starts with the first record held, and is not pushed back by later ones.
             let held = self.journal.has_lazy();
             if held && !lazy_armed {
@@ -429,8 +557,12 @@ impl Ledger {
     }
 
     /// Replaces the state with `rebuilt` (what the disk holds) and makes new work items only
-    /// for payments that need one.
+    /// for payments that need one. Processed payments the hot set no longer held are in the
+    /// history (or on their way there): they stay out of memory.
     fn adopt(&mut self, mut rebuilt: State) {
+        let old = &self.state;
+        rebuilt.retain_processed(|id| old.get(id).is_some_and(|p| matches!(p.status, Status::Processed { .. })));
+        rebuilt.reserve_total(self.limits.hot_capacity());
         let orphans = std::mem::take(&mut self.orphans);
         let fresh = rebuilt.adopt_tickets(&self.state, &orphans);
         self.state = rebuilt;
@@ -456,7 +588,11 @@ impl Ledger {
                     Command::Intent { reply, .. } => {
                         let _ = reply.send(Err(IntentError::Unavailable));
                     }
-                    Command::Purge { reply } => {
+                    Command::Purge { reply } | Command::PurgeJournal { reply } => {
+                        if self.purging {
+                            self.purging = false;
+                            self.history.resume();
+                        }
                         let _ = reply.send(Err(JournalError::Io("journal is failed".into())));
                     }
                     // Not recorded, and its item has ended: the payment needs a new one after
@@ -483,16 +619,65 @@ impl Ledger {
         if let Err(e) = self.state.apply(event) {
             panic!("ledger invariant broken: {e}");
         }
+        if let Event::Processed { id, .. } = *event
+            && let Some(entry) = self.state.get(id).and_then(|p| Entry::of(id, p))
+        {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            self.settling.push_back(Settling { seq, id, at: UtcMillis::now() });
+            self.history.settled(seq, entry);
+        }
+    }
+
+    /// Forgets the oldest settled payments the history holds durably, while more than
+    /// `hot_max` are in memory or they are older than the hot window; at most
+    /// [`EVICT_BATCH`] per call.
+    fn evict(&mut self) {
+        if self.purging {
+            return;
+        }
+        let confirmed = *self.history.confirmed.borrow();
+        let Some(front) = self.settling.front() else { return };
+        if front.seq > confirmed {
+            return;
+        }
+        let oldest_kept = UtcMillis::now().0 - self.limits.hot_window.as_millis() as i64;
+        for _ in 0..EVICT_BATCH {
+            let Some(&front) = self.settling.front() else { break };
+            if front.seq > confirmed || (self.settling.len() <= self.limits.hot_max && front.at.0 > oldest_kept) {
+                break;
+            }
+            self.settling.pop_front();
+            if self.state.evict(front.id) {
+                self.filter.insert(front.id.0);
+                self.evict_version += 1;
+            }
+        }
+    }
+
+    /// Handles `cmd`, timing it for `/metrics` (the single writer's stalls show there).
+    fn timed(&mut self, cmd: Command) {
+        match self.metrics.clone() {
+            Some(m) => {
+                let started = std::time::Instant::now();
+                self.handle(cmd);
+                m.ledger_command(started.elapsed());
+            }
+            None => self.handle(cmd),
+        }
     }
 
     fn handle(&mut self, cmd: Command) {
         match cmd {
-            Command::Accept { id, cents, reply } => match self.state.get(id) {
+            Command::Accept { id, cents, checked, reply } => match self.state.get(id) {
                 Some(p) if p.cents == cents => self.journal.submit(None, Done::Accept { reply, work: None }),
                 Some(_) => {
                     let _ = reply.send(Err(AcceptError::AmountMismatch));
                 }
-                None if self.state.unfinished() >= self.limits.pending_max => {
+                None if checked != Some(self.evict_version) && self.filter.may_contain(id.0) => {
+                    let _ = reply.send(Err(AcceptError::CheckHistory { version: self.evict_version }));
+                }
+                None if self.state.unfinished() >= self.limits.pending_max || self.state.len() >= self.limits.hot_capacity() => {
                     let _ = reply.send(Err(AcceptError::BacklogFull));
                 }
                 None => {
@@ -517,13 +702,22 @@ impl Ledger {
                 }
             },
             Command::Get { id, reply } => {
-                let _ = reply.send(self.state.get(id).copied());
+                let found = match self.state.get(id) {
+                    Some(p) => Lookup::Hot(*p),
+                    None if self.filter.may_contain(id.0) => Lookup::MaybeInHistory,
+                    None => Lookup::Unknown,
+                };
+                let _ = reply.send(found);
             }
-            Command::Summary { from, to, reply } => {
-                let _ = reply.send(self.state.summary(from, to));
-            }
+            // In order after every payment applied so far (see `history`).
+            Command::Summary { from, to, reply } => self.history.summary(from, to, reply),
             Command::Backlog { reply } => {
-                let _ = reply.send(Backlog { pending: self.state.unfinished(), oldest_accepted_at: self.state.oldest_unfinished() });
+                let _ = reply.send(Backlog {
+                    pending: self.state.unfinished(),
+                    oldest_accepted_at: self.state.oldest_unfinished(),
+                    hot: self.state.len(),
+                    hot_capacity: self.state.capacity(),
+                });
             }
             Command::Intent { work, processor, requested_at, reply } => {
                 let current = work.pinned.is_none() && self.state.get(work.id).is_some_and(|p| work.matches(p));
@@ -554,9 +748,40 @@ impl Ledger {
             Command::IsCurrent { work, reply } => {
                 let _ = reply.send(self.state.get(work.id).is_some_and(|p| work.matches(p)));
             }
+            // First the history is emptied (durably); then the purge is applied and journaled.
+            // A crash between the two leaves the purge unanswered with part of the books gone,
+            // and a retried purge finishes it; the other order could bring purged history back.
             Command::Purge { reply } => {
                 self.generation.send_modify(|g| *g += 1);
+                self.purging = true;
+                let (done, emptied) = oneshot::channel();
+                self.history.purge(done);
+                let me = self.self_tx.clone();
+                tokio::spawn(async move {
+                    let Some(me) = me.upgrade() else { return };
+                    match emptied.await {
+                        Ok(Ok(())) => {
+                            let _ = me.send(Command::PurgeJournal { reply }).await;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::error!(error = %e, "purge failed: the history could not be emptied; nothing was purged");
+                            let _ = reply.send(Err(JournalError::Io(e)));
+                            let _ = me.send(Command::PurgeFailed).await;
+                        }
+                        Err(_) => {
+                            let _ = reply.send(Err(JournalError::Io("history writer stopped".into())));
+                        }
+                    }
+                });
+            }
+            Command::PurgeFailed => self.purging = false,
+            Command::PurgeJournal { reply } => {
+                self.purging = false;
+                self.settling.clear();
+                self.filter.clear();
+                self.evict_version += 1;
                 self.record(Event::Purged, Done::Purge(reply));
+                self.history.resume();
             }
             Command::Flush { reply } => self.journal.submit(None, Done::Flush(reply)),
         }

@@ -251,7 +251,15 @@ pub fn write_snapshot(dir: &Path, seq: u64, state: &State) -> std::io::Result<Pa
 
 /// Starts the compactor: for each new segment number it hears of, it folds every older
 /// segment into a snapshot and deletes them. Returns the channel the journal reports to.
-pub fn spawn_compactor(dir: PathBuf, names: Vec<String>, dir_lock: Arc<Mutex<()>>) -> std::io::Result<mpsc::Sender<u64>> {
+/// With a `history`, the snapshot leaves out the processed payments it holds durably (waiting
+/// briefly for the newest ones to be committed there), so snapshots hold the unfinished
+/// payments, not all of history, and compaction's work does not grow with age.
+pub fn spawn_compactor(
+    dir: PathBuf,
+    names: Vec<String>,
+    dir_lock: Arc<Mutex<()>>,
+    history: Option<crate::history::History>,
+) -> std::io::Result<mpsc::Sender<u64>> {
     let (tx, rx) = mpsc::channel::<u64>();
     std::thread::Builder::new().name("journal-compactor".into()).spawn(move || {
         while let Ok(mut upto) = rx.recv() {
@@ -259,7 +267,7 @@ pub fn spawn_compactor(dir: PathBuf, names: Vec<String>, dir_lock: Arc<Mutex<()>
             while let Ok(later) = rx.try_recv() {
                 upto = later;
             }
-            if let Err(e) = compact(&dir, &names, upto, &dir_lock) {
+            if let Err(e) = compact(&dir, &names, upto, &dir_lock, history.as_ref()) {
                 tracing::warn!(error = %e, upto, "journal compaction failed; segments are kept");
             }
         }
@@ -267,14 +275,47 @@ pub fn spawn_compactor(dir: PathBuf, names: Vec<String>, dir_lock: Arc<Mutex<()>
     Ok(tx)
 }
 
-fn compact(dir: &Path, names: &[String], upto: u64, dir_lock: &Mutex<()>) -> Result<(), String> {
+/// Times the compactor looks again for processed payments the history has not committed yet,
+/// [`HISTORY_WAIT_MS`] apart; those still missing stay in the snapshot.
+pub const HISTORY_TRIES: u32 = 10;
+pub const HISTORY_WAIT_MS: u64 = 100;
+
+/// Drops from `state` the processed payments `history` holds durably.
+fn leave_out_history(state: &mut State, history: &crate::history::History) -> Result<usize, String> {
+    let mut processed = state.take_processed();
+    let before = processed.len();
+    for attempt in 0..HISTORY_TRIES {
+        let mut missing = Vec::new();
+        for (id, p) in processed {
+            if !history.contains(id)? {
+                missing.push((id, p));
+            }
+        }
+        processed = missing;
+        if processed.is_empty() || attempt + 1 == HISTORY_TRIES {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(HISTORY_WAIT_MS));
+    }
+    let kept = processed.len();
+    for (id, p) in processed {
+        state.put_back(id, p);
+    }
+    Ok(before - kept)
+}
+
+fn compact(dir: &Path, names: &[String], upto: u64, dir_lock: &Mutex<()>, history: Option<&crate::history::History>) -> Result<(), String> {
     let started = std::time::Instant::now();
     let listing = file::list(dir).map_err(|e| e.to_string())?;
     let consumed: Vec<_> = listing.segments.iter().filter(|(s, _)| *s < upto).cloned().collect();
     if consumed.is_empty() {
         return Ok(());
     }
-    let (state, replayed) = replay(&listing, names, upto, false).map_err(|e| e.to_string())?;
+    let (mut state, replayed) = replay(&listing, names, upto, false).map_err(|e| e.to_string())?;
+    let in_history = match history {
+        Some(h) => leave_out_history(&mut state, h)?,
+        None => 0,
+    };
     let _guard = dir_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     // A purge while we read deletes these files; our snapshot would resurrect what it purged.
     if consumed.iter().any(|(_, p)| !p.exists()) {
@@ -285,7 +326,7 @@ fn compact(dir: &Path, names: &[String], upto: u64, dir_lock: &Mutex<()>) -> Res
         std::fs::remove_file(p).map_err(|e| format!("{}: {e}", p.display()))?;
     }
     sync_dir(dir).map_err(|e| e.to_string())?;
-    tracing::info!(snapshot = %path.display(), payments = state.len(), replayed, segments = consumed.len(), ms = started.elapsed().as_millis() as u64, "journal compacted into a snapshot");
+    tracing::info!(snapshot = %path.display(), payments = state.len(), in_history, replayed, segments = consumed.len(), ms = started.elapsed().as_millis() as u64, "journal compacted into a snapshot");
     Ok(())
 }
 
@@ -333,7 +374,15 @@ mod tests {
         let s = sample_state();
         let back = decode_snapshot(&encode_snapshot(&s), &names(&["fallback", "default"])).unwrap();
         assert_eq!(back.names(), &names(&["fallback", "default"])[..]);
-        assert_eq!(back.summary(None, None), s.summary(None, None).into_iter().rev().collect::<Vec<_>>());
+        // Every payment names the same processor as before, by its new index.
+        for (id, p) in s.payments() {
+            let flip = |st: Status| match st {
+                Status::Sent { processor, requested_at } => Status::Sent { processor: 1 - processor, requested_at },
+                Status::Processed { processor, requested_at } => Status::Processed { processor: 1 - processor, requested_at },
+                other => other,
+            };
+            assert_eq!(back.get(id).unwrap().status, flip(p.status));
+        }
         // A processor no longer configured keeps its history, after the configured ones.
         let back = decode_snapshot(&encode_snapshot(&s), &names(&["fallback"])).unwrap();
         assert_eq!(back.names(), &names(&["fallback", "default"])[..]);

@@ -1,6 +1,8 @@
-//! The ledger's state as a pure function of its events: payments by id, their forward-only
-//! status, and the per-processor summary index. Replaying the journal through
-//! [`State::apply`] rebuilds exactly the state the running gateway had.
+//! The ledger's state as a pure function of its events: payments by id and their
+//! forward-only status. Replaying the journal through [`State::apply`] rebuilds exactly the
+//! state the running gateway had; a running gateway also removes settled payments once the
+//! history holds them ([`State::evict`]), so its state is the hot set, not all of history.
+//! Summaries are the history's (see `history`).
 
 /// The ledger's id-keyed map. Ids are chosen by clients, so the hash is keyed: foldhash with
 /// a per-process random seed, about as fast as FxHash on a u128 but without FxHash's closed
@@ -14,7 +16,6 @@ type IdMap<V> = rustc_hash::FxHashMap<u128, V>;
 #[cfg(not(any(feature = "foldhash", feature = "fxhash")))]
 type IdMap<V> = std::collections::HashMap<u128, V>;
 
-use super::summary::{SummaryIndex, Totals};
 use crate::domain::{Cents, CorrelationId, UtcMillis};
 use crate::processor::ProcessorIdx;
 
@@ -89,22 +90,16 @@ pub struct State {
     /// first, in their order; processors known only from the journal follow.
     names: Vec<String>,
     payments: IdMap<Payment>,
-    summaries: Vec<SummaryIndex>,
     /// Payments accepted and not yet processed.
     unfinished: usize,
     /// The ticket the next accepted payment gets; never reset, not even by a purge.
     next_ticket: u64,
 }
 
-/// Two states are equal when they hold the same payments; the summaries derive from them,
-/// and their totals are compared as a cross-check.
+/// Two states are equal when they hold the same payments.
 impl PartialEq for State {
     fn eq(&self, other: &State) -> bool {
-        self.names == other.names
-            && self.payments == other.payments
-            && self.unfinished == other.unfinished
-            && self.summaries.len() == other.summaries.len()
-            && self.summaries.iter().zip(&other.summaries).all(|(a, b)| a.total() == b.total())
+        self.names == other.names && self.payments == other.payments && self.unfinished == other.unfinished
     }
 }
 
@@ -113,33 +108,65 @@ impl State {
     pub fn new<S: AsRef<str>>(names: &[S]) -> State {
         let names: Vec<String> = names.iter().map(|n| n.as_ref().to_string()).collect();
         assert!(names.len() <= usize::from(ProcessorIdx::MAX), "at most 255 processors");
-        State { summaries: vec![SummaryIndex::new(); names.len()], names, payments: IdMap::default(), unfinished: 0, next_ticket: 1 }
+        State { names, payments: IdMap::default(), unfinished: 0, next_ticket: 1 }
+    }
+
+    /// Makes room for `n` payments at once, so that the map never grows (is never rehashed
+    /// into a larger table) while it holds at most `n`.
+    pub fn reserve_total(&mut self, n: usize) {
+        self.payments.reserve(n.saturating_sub(self.payments.len()));
+    }
+
+    /// How many payments the map holds before it must grow.
+    pub fn capacity(&self) -> usize {
+        self.payments.capacity()
+    }
+
+    /// Removes every processed payment and returns them (recovery hands them to the history).
+    pub fn take_processed(&mut self) -> Vec<(CorrelationId, Payment)> {
+        let ids: Vec<u128> = self.payments.iter().filter(|(_, p)| matches!(p.status, Status::Processed { .. })).map(|(k, _)| *k).collect();
+        ids.into_iter().filter_map(|k| self.payments.remove(&k).map(|p| (CorrelationId(k), p))).collect()
+    }
+
+    /// Puts back a payment [`State::take_processed`] took.
+    pub fn put_back(&mut self, id: CorrelationId, p: Payment) {
+        self.payments.insert(id.0, p);
+    }
+
+    /// Keeps every unfinished payment, and the processed ones `keep` names.
+    pub fn retain_processed(&mut self, mut keep: impl FnMut(CorrelationId) -> bool) {
+        self.payments.retain(|k, p| !matches!(p.status, Status::Processed { .. }) || keep(CorrelationId(*k)));
+    }
+
+    /// Forgets a processed payment (the history holds it); `false` when `id` is not processed
+    /// here.
+    pub fn evict(&mut self, id: CorrelationId) -> bool {
+        match self.payments.get(&id.0) {
+            Some(p) if matches!(p.status, Status::Processed { .. }) => {
+                self.payments.remove(&id.0);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Rebuilds a state from its payments (a snapshot), whose processor indices refer to
-    /// `names`. Processed payments enter the summary index in `requestedAt` order, the index's
-    /// cheap path.
+    /// `names`.
     pub fn restore(names: &[String], payments: Vec<(CorrelationId, Payment)>) -> State {
         let mut s = State::new(names);
-        let mut processed = Vec::new();
         s.payments.reserve(payments.len());
         for (id, p) in payments {
-            match p.status {
-                Status::Processed { processor, requested_at } => processed.push((requested_at, processor, p.cents)),
-                _ => s.unfinished += 1,
+            if !matches!(p.status, Status::Processed { .. }) {
+                s.unfinished += 1;
             }
             s.payments.insert(id.0, Payment { ticket: s.next_ticket, ..p });
             s.next_ticket += 1;
-        }
-        processed.sort_unstable_by_key(|(at, ..)| *at);
-        for (at, processor, cents) in processed {
-            s.summaries[usize::from(processor)].add(at, cents);
         }
         s
     }
 
     pub fn processors(&self) -> usize {
-        self.summaries.len()
+        self.names.len()
     }
 
     /// Processor names, indexed by [`ProcessorIdx`].
@@ -157,7 +184,6 @@ impl State {
             return None;
         }
         self.names.push(name.to_string());
-        self.summaries.push(SummaryIndex::new());
         Some((self.names.len() - 1) as ProcessorIdx)
     }
 
@@ -230,11 +256,6 @@ impl State {
         fresh
     }
 
-    /// Per-processor totals of processed payments with `from <= requestedAt <= to`.
-    pub fn summary(&self, from: Option<UtcMillis>, to: Option<UtcMillis>) -> Vec<Totals> {
-        self.summaries.iter().map(|s| s.range(from, to)).collect()
-    }
-
     pub fn apply(&mut self, event: &Event) -> Result<(), ApplyError> {
         let bad = |found: Option<&Payment>| ApplyError { event: *event, found: found.copied() };
         match *event {
@@ -248,7 +269,7 @@ impl State {
             }
             Event::Intent { id, processor, requested_at } => {
                 let p = self.payments.get_mut(&id.0).ok_or_else(|| bad(None))?;
-                if p.status != Status::Pending || usize::from(processor) >= self.summaries.len() {
+                if p.status != Status::Pending || usize::from(processor) >= self.names.len() {
                     return Err(bad(Some(p)));
                 }
                 p.status = Status::Sent { processor, requested_at };
@@ -259,7 +280,6 @@ impl State {
                     return Err(bad(Some(p)));
                 }
                 p.status = Status::Processed { processor, requested_at };
-                self.summaries[usize::from(processor)].add(requested_at, p.cents);
                 self.unfinished -= 1;
             }
             Event::Rejected { id, processor } => {
@@ -271,7 +291,6 @@ impl State {
             }
             Event::Purged => {
                 self.payments.clear();
-                self.summaries.iter_mut().for_each(SummaryIndex::clear);
                 self.unfinished = 0;
             }
         }
@@ -296,8 +315,9 @@ mod tests {
         s.apply(&Event::Intent { id: ID, processor: 0, requested_at: UtcMillis(2_000) }).unwrap();
         s.apply(&Event::Processed { id: ID, processor: 0, requested_at: UtcMillis(2_000) }).unwrap();
         assert_eq!(s.unfinished(), 0);
-        let totals = s.summary(Some(UtcMillis(2_000)), Some(UtcMillis(2_000)));
-        assert_eq!((totals[0].count, totals[0].cents, totals[1].count), (1, 1990, 0));
+        assert!(matches!(s.get(ID).unwrap().status, Status::Processed { processor: 0, requested_at: UtcMillis(2_000) }));
+        assert!(s.evict(ID));
+        assert!(s.get(ID).is_none());
     }
 
     #[test]
@@ -308,7 +328,7 @@ mod tests {
         s.apply(&Event::Rejected { id: ID, processor: 0 }).unwrap();
         s.apply(&Event::Intent { id: ID, processor: 1, requested_at: UtcMillis(3_000) }).unwrap();
         s.apply(&Event::Processed { id: ID, processor: 1, requested_at: UtcMillis(3_000) }).unwrap();
-        assert_eq!(s.summary(None, None)[1].count, 1);
+        assert!(matches!(s.get(ID).unwrap().status, Status::Processed { processor: 1, .. }));
     }
 
     #[test]

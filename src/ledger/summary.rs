@@ -34,7 +34,7 @@ pub struct Totals {
 const ZERO: Totals = Totals { count: 0, cents: 0 };
 
 impl Totals {
-    fn plus(self, other: Totals) -> Totals {
+    pub fn plus(self, other: Totals) -> Totals {
         Totals { count: self.count + other.count, cents: self.cents + other.cents }
     }
 
@@ -108,7 +108,11 @@ impl SummaryIndex {
 
     /// Adds one payment at `at`.
     pub fn add(&mut self, at: UtcMillis, cents: Cents) {
-        let delta = Totals { count: 1, cents: u128::from(cents.get()) };
+        self.add_totals(at, Totals { count: 1, cents: u128::from(cents.get()) });
+    }
+
+    /// Adds `delta` (any number of payments) at `at`.
+    pub fn add_totals(&mut self, at: UtcMillis, delta: Totals) {
         self.total = self.total.plus(delta);
         let key = at.0;
         let Some(last) = self.chunks.len().checked_sub(1) else {
