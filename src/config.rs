@@ -52,6 +52,10 @@ pub struct ServeArgs {
     /// overwrite skips the inode update an append needs. 0 appends instead.
     #[arg(long, env = "PAYGATE_JOURNAL_PREALLOC_KIB", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(0..=1024 * 1024))]
     pub journal_prealloc_kib: u64,
+    /// Size at which a journal segment is closed and folded into a snapshot (the history
+    /// takes its settled payments), KiB.
+    #[arg(long, env = "PAYGATE_JOURNAL_SEGMENT_KIB", default_value_t = crate::journal::SEGMENT_MAX_BYTES / 1024, value_parser = clap::value_parser!(u64).range(4..=4 * 1024 * 1024))]
+    pub journal_segment_kib: u64,
     /// Enables admin endpoints; callers send `X-Admin-Token`.
     #[arg(long, env = "PAYGATE_ADMIN_TOKEN")]
     pub admin_token: Option<String>,
@@ -288,7 +292,7 @@ impl TryFrom<ServeArgs> for GatewayConfig {
             processors,
             data_dir: a.data_dir,
             fsync: a.fsync == "on",
-            segment_max_bytes: crate::journal::SEGMENT_MAX_BYTES,
+            segment_max_bytes: a.journal_segment_kib * 1024,
             prealloc_bytes: a.journal_prealloc_kib * 1024,
             faults: None,
             admin_token: a.admin_token.filter(|t| !t.is_empty()),

@@ -43,13 +43,15 @@ struct Cluster {
     fallback: Proc,
     dir: TempDir,
     starts: usize,
+    /// More flags for every gateway start.
+    extra: &'static [&'static str],
 }
 
 impl Cluster {
-    fn start() -> Cluster {
+    fn start(extra: &'static [&'static str]) -> Cluster {
         let dir = TempDir::new("crash");
         let (default, fallback) = (procs::start_sim(&dir.0, "0.05", "default"), procs::start_sim(&dir.0, "0.15", "fallback"));
-        let mut cluster = Cluster { gateway: None, default, fallback, dir, starts: 0 };
+        let mut cluster = Cluster { gateway: None, default, fallback, dir, starts: 0, extra };
         cluster.start_gateway();
         cluster
     }
@@ -58,7 +60,7 @@ impl Cluster {
         assert!(self.gateway.is_none());
         let data = self.dir.0.join("data");
         let log = self.dir.0.join(format!("gateway-{}.log", self.starts));
-        let gw = procs::start_gateway(&data, &self.default, &self.fallback, UPSTREAM_TIMEOUT_MS, MAX_DEFER_MS, &log);
+        let gw = procs::start_gateway_with(&data, &self.default, &self.fallback, UPSTREAM_TIMEOUT_MS, MAX_DEFER_MS, self.extra, &log);
         self.starts += 1;
         let url = gw.url.clone();
         self.gateway = Some(gw);
@@ -252,7 +254,20 @@ fn first_few(ids: &[String]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_minus_nine_at_random_moments_loses_and_duplicates_nothing() {
-    let mut cluster = tokio::task::spawn_blocking(Cluster::start).await.unwrap();
+    kill_at_random_moments(&[]).await;
+}
+
+/// The same, while every settled payment leaves memory as soon as the history holds it, and
+/// journal segments are small enough to rotate and be compacted (leaving out what the
+/// history holds) many times between kills: the kills land in evictions, history commits and
+/// compactions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_minus_nine_while_payments_are_evicted_to_the_history_loses_and_duplicates_nothing() {
+    kill_at_random_moments(&["--hot-max", "0", "--journal-segment-kib", "16"]).await;
+}
+
+async fn kill_at_random_moments(extra: &'static [&'static str]) {
+    let mut cluster = tokio::task::spawn_blocking(move || Cluster::start(extra)).await.unwrap();
     let (default, fallback) = (cluster.default.url.clone(), cluster.fallback.url.clone());
     let http = Http::new();
     let gateway = Arc::new(RwLock::new(cluster.gateway_url().to_string()));

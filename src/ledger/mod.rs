@@ -7,6 +7,7 @@ pub mod persist;
 pub mod queue;
 pub mod state;
 pub mod summary;
+pub mod table;
 
 use std::collections::VecDeque;
 use std::future::Future;

@@ -4,17 +4,13 @@
 //! history holds them ([`State::evict`]), so its state is the hot set, not all of history.
 //! Summaries are the history's (see `history`).
 
-/// The ledger's id-keyed map. Ids are chosen by clients, so the hash is keyed: foldhash with
+/// The ledger's id-keyed table. Ids are chosen by clients, so the hash is keyed: foldhash with
 /// a per-process random seed, about as fast as FxHash on a u128 but without FxHash's closed
 /// formula for colliding ids (with FxHash, `hi = C - lo * K` gives every id the same hash,
 /// and each insert becomes a scan of all the others on the single writer). perf.md measures
 /// the three choices; `fxhash` (unkeyed) and neither feature (std's SipHash) remain for that.
-#[cfg(feature = "foldhash")]
-type IdMap<V> = std::collections::HashMap<u128, V, foldhash::fast::RandomState>;
-#[cfg(all(feature = "fxhash", not(feature = "foldhash")))]
-type IdMap<V> = rustc_hash::FxHashMap<u128, V>;
-#[cfg(not(any(feature = "foldhash", feature = "fxhash")))]
-type IdMap<V> = std::collections::HashMap<u128, V>;
+/// The table itself is sized once and never rehashes (see `table`).
+type IdMap<V> = super::table::IdTable<V>;
 
 use crate::domain::{Cents, CorrelationId, UtcMillis};
 use crate::processor::ProcessorIdx;
@@ -65,6 +61,13 @@ pub struct Payment {
     /// commands must carry it, so that an item replaced after a journal repair, or one of a
     /// payment purged and accepted again, can change nothing.
     pub ticket: u64,
+}
+
+/// Only a placeholder for the table's empty slots.
+impl Default for Payment {
+    fn default() -> Payment {
+        Payment { cents: Cents::new(1).expect("one cent is an amount"), accepted_at: UtcMillis(0), status: Status::Pending, ticket: 0 }
+    }
 }
 
 /// Payments are equal when their journaled facts are; tickets are a property of one process.
@@ -230,18 +233,16 @@ impl State {
     pub fn adopt_tickets(&mut self, old: &State, orphans: &[CorrelationId]) -> Vec<CorrelationId> {
         let mut next = self.next_ticket.max(old.next_ticket);
         let mut fresh = Vec::new();
-        for (id, p) in self.payments.iter_mut() {
-            match old.payments.get(id) {
-                Some(o) if o == p => p.ticket = o.ticket,
-                _ => {
-                    p.ticket = next;
-                    next += 1;
-                    if !matches!(p.status, Status::Processed { .. }) {
-                        fresh.push(CorrelationId(*id));
-                    }
+        self.payments.for_each_mut(|id, p| match old.payments.get(id) {
+            Some(o) if o == p => p.ticket = o.ticket,
+            _ => {
+                p.ticket = next;
+                next += 1;
+                if !matches!(p.status, Status::Processed { .. }) {
+                    fresh.push(CorrelationId(*id));
                 }
             }
-        }
+        });
         for id in orphans {
             if let Some(p) = self.payments.get_mut(&id.0)
                 && !matches!(p.status, Status::Processed { .. })

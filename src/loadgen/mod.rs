@@ -13,6 +13,10 @@
 //! and records into an HdrHistogram ([`report`]). Memory stays bounded: at most
 //! `connections` requests in flight plus `max_backlog` waiting for a connection; beyond that a
 //! due request is counted as `dropped` instead of queued.
+//!
+//! With `--window-s`, the report also gives every consecutive window of intended send time its
+//! own counts and percentiles (`windows` in the JSON), for long runs where a drift or a
+//! periodic stall would vanish in one overall histogram (`scripts/soak.py`).
 
 pub mod pool;
 pub mod report;
@@ -32,7 +36,7 @@ use tokio::sync::mpsc;
 use crate::domain::{Cents, CorrelationId};
 use pool::{ExchangeError, Pool};
 use report::{HISTOGRAM_MAX_US, StepPlan};
-pub use report::{Latency, Outcome, Recorder, StepReport, SweepReport};
+pub use report::{Latency, MAX_WINDOWS, Outcome, Recorder, StepReport, SweepReport, WindowReport, window_count};
 
 /// Highest accepted `--rate`, requests per second.
 pub const MAX_RATE_PER_S: u64 = 1_000_000;
@@ -99,6 +103,10 @@ pub struct LoadgenArgs {
     /// The p99 a sweep step must stay within, milliseconds.
     #[arg(long, default_value_t = 1.0)]
     pub p99_bound_ms: f64,
+    /// Also report the measured part by consecutive windows of this many seconds of intended
+    /// send time (`windows` in the JSON: counts, errors and percentiles of each); 0: off.
+    #[arg(long, default_value_t = 0.0)]
+    pub window_s: f64,
 }
 
 /// Why a load run could not run or report.
@@ -176,6 +184,8 @@ pub struct Config {
     pub timeout: Duration,
     /// Most requests waiting for a connection; `None`: one second of traffic.
     pub max_backlog: Option<usize>,
+    /// Width of the report's windows of intended send time; `None`: no windows.
+    pub window: Option<Duration>,
 }
 
 impl Config {
@@ -190,6 +200,7 @@ impl Config {
             amount: Cents::new(1990).expect("positive"),
             timeout: Duration::from_millis(5_000),
             max_backlog: None,
+            window: None,
         })
     }
 
@@ -214,6 +225,10 @@ impl Config {
             amount,
             timeout: Duration::from_millis(args.timeout_ms),
             max_backlog: args.max_backlog,
+            window: match seconds("window-s", args.window_s, true)? {
+                w if w.is_zero() => None,
+                w => Some(w),
+            },
         };
         config.validate()?;
         let sweep = if args.sweep {
@@ -251,6 +266,16 @@ impl Config {
             && !(1..=MAX_BACKLOG).contains(&b)
         {
             return invalid(format!("--max-backlog {b}: expected 1..={MAX_BACKLOG}"));
+        }
+        if let Some(w) = self.window {
+            let n = window_count(w, self.duration);
+            if w.is_zero() || n > MAX_WINDOWS {
+                return invalid(format!(
+                    "--window-s {}: {n} windows of a {} s duration, expected a positive width and at most {MAX_WINDOWS} windows",
+                    w.as_secs_f64(),
+                    self.duration.as_secs_f64()
+                ));
+            }
         }
         Ok(())
     }
@@ -393,7 +418,10 @@ pub async fn run_once(config: &Config) -> Result<StepReport, LoadgenError> {
     let t0 = Instant::now() + Duration::from_millis(SCHEDULE_LEAD_MS);
     let shared = Arc::new(Shared {
         pool,
-        recorder: Mutex::new(Recorder::new()),
+        recorder: Mutex::new(match config.window {
+            Some(width) => Recorder::with_windows(width, config.duration),
+            None => Recorder::new(),
+        }),
         backlog: AtomicUsize::new(0),
         target: config.target.clone(),
         amount: config.amount,
@@ -495,7 +523,8 @@ impl Schedule {
                 if shared.backlog.load(Ordering::Relaxed) >= self.backlog_bound {
                     if is_measured {
                         let end = now.saturating_duration_since(shared.measure_start);
-                        shared.recorder.lock().expect("recorder poisoned").record(Outcome::Dropped, Duration::ZERO, end);
+                        let due = intended.saturating_duration_since(shared.measure_start);
+                        shared.recorder.lock().expect("recorder poisoned").record(Outcome::Dropped, Duration::ZERO, end, due);
                     }
                 } else {
                     shared.backlog.fetch_add(1, Ordering::Relaxed);
@@ -568,7 +597,8 @@ async fn one_request(shared: Arc<Shared>, intended: Instant, measured: bool, _do
         }
         Err(_elapsed) => Outcome::Timeout,
     };
-    recorder.record(outcome, end.saturating_duration_since(intended), end.saturating_duration_since(shared.measure_start));
+    let since_start = |t: Instant| t.saturating_duration_since(shared.measure_start);
+    recorder.record(outcome, end.saturating_duration_since(intended), since_start(end), since_start(intended));
 }
 
 /// A request counted in the backlog until it gets a connection or gives up; the count drops
@@ -644,6 +674,31 @@ mod tests {
         assert_eq!((t.host.as_str(), t.port, t.authority.to_str().unwrap()), ("gateway", 80, "gateway"));
         assert!(Target::parse("https://gateway").is_err());
         assert!(Target::parse("127.0.0.1:9999").is_err());
+    }
+
+    fn parse(argv: &[&str]) -> Result<Config, LoadgenError> {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: LoadgenArgs,
+        }
+        let cli = <Cli as clap::Parser>::try_parse_from(std::iter::once("loadgen").chain(argv.iter().copied())).unwrap();
+        Config::from_args(&cli.args).map(|(config, _)| config)
+    }
+
+    #[test]
+    fn window_option() {
+        assert_eq!(parse(&[]).unwrap().window, None);
+        assert_eq!(parse(&["--window-s", "0"]).unwrap().window, None);
+        assert_eq!(parse(&["--window-s", "10", "--duration", "600"]).unwrap().window, Some(Duration::from_secs(10)));
+        assert_eq!(parse(&["--window-s", "0.5"]).unwrap().window, Some(Duration::from_millis(500)));
+        for bad in ["-1", "NaN", "inf"] {
+            assert!(matches!(parse(&[&format!("--window-s={bad}")]), Err(LoadgenError::InvalidOption(_))), "{bad}");
+        }
+        // 3,601 windows of 1 s: one more than a step may have.
+        let too_many = parse(&["--window-s", "1", "--duration", "3601"]);
+        assert!(matches!(too_many, Err(LoadgenError::InvalidOption(ref m)) if m.contains("3601 windows")), "{too_many:?}");
+        assert!(parse(&["--window-s", "1", "--duration", "3600"]).is_ok());
     }
 
     #[test]

@@ -76,8 +76,23 @@ pub fn start_sim(dir: &Path, fee: &str, name: &str) -> Proc {
 /// Starts `paygate serve` on a loopback port over `default` and `fallback` with the given
 /// upstream timeout and defer deadline, its journal in `data`, logging to `log`.
 pub fn start_gateway(data: &Path, default: &Proc, fallback: &Proc, upstream_timeout_ms: u64, max_defer_ms: u64, log: &Path) -> Proc {
+    start_gateway_with(data, default, fallback, upstream_timeout_ms, max_defer_ms, &[], log)
+}
+
+/// As [`start_gateway`], with more flags.
+pub fn start_gateway_with(
+    data: &Path,
+    default: &Proc,
+    fallback: &Proc,
+    upstream_timeout_ms: u64,
+    max_defer_ms: u64,
+    extra: &[&str],
+    log: &Path,
+) -> Proc {
     let (timeout, defer) = (upstream_timeout_ms.to_string(), max_defer_ms.to_string());
-    let args = gateway_args(data, default, fallback, &["--upstream-timeout-ms", &timeout, "--max-defer-ms", &defer]);
+    let mut flags = vec!["--upstream-timeout-ms", &timeout, "--max-defer-ms", &defer];
+    flags.extend_from_slice(extra);
+    let args = gateway_args(data, default, fallback, &flags);
     Proc::start(&args, "paygate listening on", log)
 }
 
