@@ -443,7 +443,9 @@ struct Writer {
 
 impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Msg>) {
+        // When the pending batch is due; after a failed commit, when to try again.
         let mut due: Option<Instant> = None;
+        let mut failing = false;
         loop {
             let msg = match due {
                 None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
@@ -466,11 +468,15 @@ impl Writer {
             if self.pending.is_empty() {
                 due = None;
                 self.confirmed.send_if_modified(|c| std::mem::replace(c, self.received) != self.received);
-            } else if self.pending.len() >= BATCH_MAX || due.is_some_and(|d| Instant::now() >= d) {
+            } else if (self.pending.len() >= BATCH_MAX && !failing) || due.is_some_and(|d| Instant::now() >= d) {
                 due = match self.commit() {
-                    Ok(()) => None,
+                    Ok(()) => {
+                        failing = false;
+                        None
+                    }
                     Err(e) => {
                         tracing::error!(error = %e, pending = self.pending.len(), "history commit failed; payments stay in memory and it is retried");
+                        failing = true;
                         Some(Instant::now() + Duration::from_millis(RETRY_MS))
                     }
                 };

@@ -220,6 +220,9 @@ pub const HOT_MAX: usize = 100_000;
 pub const HOT_WINDOW_MS: u64 = 60_000;
 /// Most payments evicted after one command, so eviction never holds a command up for long.
 pub const EVICT_BATCH: usize = 64;
+/// Evictions remembered by id, so that an `Accept` that read the history while others were
+/// evicted need not read it again (at 2 000/s, half a minute of them).
+pub const RECENT_EVICTIONS: usize = 65_536;
 /// How often an idle ledger checks for payments past the hot window.
 pub const EVICT_TICK_MS: u64 = 1_000;
 
@@ -407,9 +410,11 @@ pub struct Ledger {
     settling: VecDeque<Settling>,
     /// The number the next processed payment gets (see [`History::settled`]).
     next_seq: u64,
-    /// Counts evictions and purges: an `Accept` that read the history at an older version
-    /// must read it again.
+    /// Counts evictions: an `Accept` that read the history at an older version must read it
+    /// again only if its id is among those evicted since ([`Ledger::evicted_since`]).
     evict_version: u64,
+    /// The ids of the last [`RECENT_EVICTIONS`] evictions, oldest first.
+    recent_evictions: VecDeque<u128>,
     /// A purge is emptying the history: nothing is evicted meanwhile.
     purging: bool,
     /// The ledger's own command queue, for the second step of a purge.
@@ -458,6 +463,7 @@ impl Ledger {
             settling: VecDeque::with_capacity(limits.hot_capacity()),
             next_seq: 1,
             evict_version: 0,
+            recent_evictions: VecDeque::with_capacity(RECENT_EVICTIONS),
             purging: false,
             self_tx: tx.downgrade(),
         };
@@ -652,8 +658,19 @@ impl Ledger {
             if self.state.evict(front.id) {
                 self.filter.insert(front.id.0);
                 self.evict_version += 1;
+                if self.recent_evictions.len() == RECENT_EVICTIONS {
+                    self.recent_evictions.pop_front();
+                }
+                self.recent_evictions.push_back(front.id.0);
             }
         }
+    }
+
+    /// Whether `id` may have been evicted (so be in the history) after the history was read
+    /// as of `version`, when that read found nothing.
+    fn evicted_since(&self, id: CorrelationId, version: u64) -> bool {
+        let since = self.evict_version.saturating_sub(version) as usize;
+        since > self.recent_evictions.len() || self.recent_evictions.iter().rev().take(since).any(|&e| e == id.0)
     }
 
     /// Handles `cmd`, timing it for `/metrics` (the single writer's stalls show there).
@@ -675,7 +692,7 @@ impl Ledger {
                 Some(_) => {
                     let _ = reply.send(Err(AcceptError::AmountMismatch));
                 }
-                None if checked != Some(self.evict_version) && self.filter.may_contain(id.0) => {
+                None if checked.map_or(self.filter.may_contain(id.0), |v| self.evicted_since(id, v)) => {
                     let _ = reply.send(Err(AcceptError::CheckHistory { version: self.evict_version }));
                 }
                 None if self.state.unfinished() >= self.limits.pending_max || self.state.len() >= self.limits.hot_capacity() => {
@@ -780,7 +797,6 @@ impl Ledger {
                 self.purging = false;
                 self.settling.clear();
                 self.filter.clear();
-                self.evict_version += 1;
                 self.record(Event::Purged, Done::Purge(reply));
                 self.history.resume();
             }
