@@ -50,6 +50,7 @@ VARIANTS = {
     "before-lazy-batch": {"ref": "d264191"},
     "before-dsync": {"ref": "780e444"},
     "dsync": {"ref": "cf6383a"},
+    "before-history": {"ref": "dec96a0"},
     # Built by scripts/pgo.py: instrumented build, training load, profile-use build.
     "pgo": {"pgo": True},
 }
@@ -232,6 +233,7 @@ CONTEST_SIDES = {
     "paygate-multi-thread": ("release", ["--runtime", "multi-thread"]),
     "paygate-dsync": ("dsync", []),
     "paygate-before-lazy-batch": ("before-lazy-batch", []),
+    "paygate-before-history": ("before-history", []),
 }
 DEFAULT_CONTEST_SIDES = "paygate,paygate-fsync-off,paygate-multi-thread"
 
@@ -453,7 +455,8 @@ def render_contest():
     rows = [("paygate, `--fsync on`", "paygate"), ("paygate, `--fsync off`", "paygate-fsync-off"),
             ("paygate, `--fsync on --runtime multi-thread`", "paygate-multi-thread"),
             ("paygate with `RWF_DSYNC` (cf6383a, reverted)", "paygate-dsync"),
-            ("paygate before held-back answers (d264191)", "paygate-before-lazy-batch"), ("bare hyper (floor)", "bare")]
+            ("paygate before held-back answers (d264191)", "paygate-before-lazy-batch"),
+            ("paygate before the history (dec96a0, all payments in memory)", "paygate-before-history"), ("bare hyper (floor)", "bare")]
     for label, key in rows:
         runs = d.get(key)
         if not runs:

@@ -194,7 +194,6 @@ async fn open_journal(
         unfinished = state.unfinished(),
         history_payments = opened.len,
         moved_to_history = opened.absorbed,
-        filter_bytes = opened.filter.bytes(),
         replayed_records = recovered.replayed,
         ms = started.elapsed().as_millis() as u64,
         "ledger recovered from the journal"

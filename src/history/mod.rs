@@ -160,11 +160,38 @@ enum Msg {
     Stop,
 }
 
+/// The id filter a thread is building at open.
+pub struct PendingFilter {
+    rx: std::sync::Mutex<Option<oneshot::Receiver<IdFilter>>>,
+    built: std::sync::OnceLock<Option<IdFilter>>,
+}
+
+impl PendingFilter {
+    /// The filter, if it is built (never blocks); `None` again after it was taken once.
+    pub fn try_take(&mut self) -> Option<IdFilter> {
+        let rx = self.rx.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let f = rx.as_mut()?.try_recv().ok()?;
+        *rx = None;
+        Some(f)
+    }
+
+    /// Waits for the filter (for tools and tests; never on the ledger's task). Whether `id`
+    /// may be in the history; true when the filter could not be built.
+    pub fn may_contain(&self, id: u128) -> bool {
+        let f = self.built.get_or_init(|| {
+            let rx = self.rx.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+            rx.and_then(|rx| rx.blocking_recv().ok())
+        });
+        f.as_ref().is_none_or(|f| f.may_contain(id))
+    }
+}
+
 /// What opening the history found.
 pub struct Opened {
     pub history: History,
-    /// Every id in the history (and of the payments absorbed at open).
-    pub filter: IdFilter,
+    /// Every id in the history (and of the payments absorbed at open), built by a thread of
+    /// its own from the history as it was at open: the gateway serves meanwhile.
+    pub filter: PendingFilter,
     /// Payments in the history.
     pub len: u64,
     /// Processed payments moved from the recovered state into the history.
@@ -190,11 +217,33 @@ impl History {
         let read = db.begin_read().map_err(db_err)?;
         let payments = read.open_table(PAYMENTS).map_err(db_err)?;
         let len = payments.len().map_err(db_err)?;
-        let mut filter = IdFilter::with_capacity((len as usize).saturating_mul(5) / 4);
-        for row in payments.iter().map_err(db_err)? {
-            let (id, _) = row.map_err(db_err)?;
-            filter.insert(id.value());
-        }
+        // Scanning every id takes about a second per ten million (perf.md): not on the start's
+        // critical path. Until the filter arrives the ledger reads the history for every id
+        // it does not hold (correct, one disk read more per new payment) and keeps the ids it
+        // evicts meanwhile for the filter.
+        let (filter_tx, filter_rx) = oneshot::channel();
+        let filter = PendingFilter { rx: std::sync::Mutex::new(Some(filter_rx)), built: std::sync::OnceLock::new() };
+        std::thread::Builder::new()
+            .name("history-filter".into())
+            .spawn(move || {
+                let started = Instant::now();
+                let mut filter = IdFilter::with_capacity((len as usize).saturating_mul(5) / 4);
+                let scanned = payments.iter().map_err(db_err).and_then(|rows| {
+                    for row in rows {
+                        filter.insert(row.map_err(db_err)?.0.value());
+                    }
+                    Ok(())
+                });
+                match scanned {
+                    Ok(()) => {
+                        tracing::info!(ids = filter.len(), bytes = filter.bytes(), ms = started.elapsed().as_millis() as u64, "history id filter built");
+                        let _ = filter_tx.send(filter);
+                    }
+                    // Without a filter the ledger keeps reading the history for every new id.
+                    Err(e) => tracing::error!(error = %e, "cannot build the history's id filter; every new id is looked up on disk"),
+                }
+            })
+            .map_err(db_err)?;
         let mut seconds = vec![SummaryIndex::new(); names.to_ledger.len()];
         for row in read.open_table(SUMMARY_S).map_err(db_err)?.iter().map_err(db_err)? {
             let (k, v) = row.map_err(db_err)?;
@@ -203,7 +252,6 @@ impl History {
                 index.add_totals(UtcMillis(s), totals_of(v.value()));
             }
         }
-        drop(payments);
         drop(read);
         let db = Arc::new(db);
         let names = Arc::new(names);

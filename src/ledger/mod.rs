@@ -234,6 +234,53 @@ impl LedgerLimits {
     }
 }
 
+/// The filter of ids in the history, once it is built (see `History::open`).
+enum Filter {
+    Building { rx: crate::history::PendingFilter, evicted: Vec<u128>, purged: bool },
+    Ready(IdFilter),
+}
+
+impl Filter {
+    /// Until the filter is built, every id may be in the history.
+    fn may_contain(&self, id: u128) -> bool {
+        match self {
+            Filter::Ready(f) => f.may_contain(id),
+            Filter::Building { .. } => true,
+        }
+    }
+
+    fn insert(&mut self, id: u128) {
+        match self {
+            Filter::Ready(f) => f.insert(id),
+            Filter::Building { evicted, .. } => evicted.push(id),
+        }
+    }
+
+    fn clear(&mut self) {
+        match self {
+            Filter::Ready(f) => f.clear(),
+            Filter::Building { evicted, purged, .. } => {
+                evicted.clear();
+                *purged = true;
+            }
+        }
+    }
+
+    /// Takes the built filter when it has arrived.
+    fn poll(&mut self) {
+        let Filter::Building { rx, evicted, purged } = self else { return };
+        if let Some(mut f) = rx.try_take() {
+            if *purged {
+                f.clear();
+            }
+            for id in evicted.drain(..) {
+                f.insert(id);
+            }
+            *self = Filter::Ready(f);
+        }
+    }
+}
+
 /// A settled payment in the order it settled: it may leave memory once the history confirms
 /// `seq`.
 #[derive(Clone, Copy, Debug)]
@@ -405,7 +452,7 @@ pub struct Ledger {
     route_at_accept: Option<Arc<crate::processor::router::Router>>,
     history: History,
     /// Every id evicted to the history (or found there at start).
-    filter: IdFilter,
+    filter: Filter,
     /// Processed payments in memory, oldest first.
     settling: VecDeque<Settling>,
     /// The number the next processed payment gets (see [`History::settled`]).
@@ -434,7 +481,7 @@ impl Ledger {
         metrics: Option<Arc<crate::metrics::Metrics>>,
         route_at_accept: Option<Arc<crate::processor::router::Router>>,
         history: History,
-        filter: IdFilter,
+        filter: crate::history::PendingFilter,
     ) -> (LedgerHandle, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE_LEN);
         // Sized once: the table is never rehashed into a larger one while commands wait.
@@ -459,7 +506,7 @@ impl Ledger {
             metrics,
             route_at_accept,
             history: history.clone(),
-            filter,
+            filter: Filter::Building { rx: filter, evicted: Vec::new(), purged: false },
             settling: VecDeque::with_capacity(limits.hot_capacity()),
             next_seq: 1,
             evict_version: 0,
@@ -640,6 +687,7 @@ impl Ledger {
     /// `hot_max` are in memory or they are older than the hot window; at most
     /// [`EVICT_BATCH`] per call.
     fn evict(&mut self) {
+        self.filter.poll();
         if self.purging {
             return;
         }
