@@ -49,6 +49,10 @@ loadgen *ARGS: build
 profile SCENARIO="contest": build
     bash scripts/profile.sh target/profile {{SCENARIO}}
 
+# Soak: 10 min at 2,000/s with --fsync on; RSS, per-10-s tails and ledger gauges in target/soak/<label>/ (`just soak --rev dec96a0` for older code).
+soak *ARGS:
+    python3 scripts/soak.py {{ARGS}}
+
 # Run the strategy matrix (3 interleaved runs per variant) and regenerate perf.md's tables.
 perf-report *ARGS:
     python3 scripts/perf_report.py {{ARGS}}
