@@ -53,6 +53,14 @@ profile SCENARIO="contest": build
 soak *ARGS:
     python3 scripts/soak.py {{ARGS}}
 
+# Write N settled payments straight into DIR/history.redb (e.g. `just history-fixture --dir /tmp/h --payments 1000000`).
+history-fixture *ARGS:
+    {{native}} cargo run --release --example history_fixture -- {{ARGS}}
+
+# The gateway on a large history (10 M payments by default; --payments 200000 for a quick run): restart, RSS, old-id POST/GET and summary latency.
+history-bench *ARGS: build
+    python3 scripts/history_bench.py --no-build {{ARGS}}
+
 # Run the strategy matrix (3 interleaved runs per variant) and regenerate perf.md's tables.
 perf-report *ARGS:
     python3 scripts/perf_report.py {{ARGS}}

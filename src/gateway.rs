@@ -206,6 +206,10 @@ async fn open_journal(
     };
     let rotated = persist::spawn_compactor(dir.clone(), configured.clone(), dir_lock.clone(), Some(opened.history.clone()))
         .map_err(|e| fail(e.to_string(), &opened))?;
+    // Fold what recovery replayed (already moved into the history) into a snapshot now, in
+    // the background, rather than at the next rotation: otherwise every restart would replay,
+    // and move again, the same segments.
+    let _ = rotated.send(recovered.next_seq);
     let options = FileOptions {
         dir: dir.clone(),
         fsync: config.fsync,

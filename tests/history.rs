@@ -94,6 +94,7 @@ fn entry(id: u128, requested_at: i64, processor: u8, amount: u64) -> Entry {
         accepted_at: UtcMillis(requested_at - 37),
         processor,
         requested_at: UtcMillis(requested_at),
+        maybe_known: true,
     }
 }
 

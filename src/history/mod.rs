@@ -66,6 +66,10 @@ pub struct Entry {
     pub accepted_at: UtcMillis,
     pub processor: ProcessorIdx,
     pub requested_at: UtcMillis,
+    /// The history may hold it already: the payment was recovered from disk (at start or
+    /// after a journal repair), so it may have reached the history before its answer's
+    /// journal record was lost. The writer checks only these at receipt.
+    pub maybe_known: bool,
 }
 
 impl Entry {
@@ -73,7 +77,7 @@ impl Entry {
     pub fn of(id: CorrelationId, p: &Payment) -> Option<Entry> {
         match p.status {
             Status::Processed { processor, requested_at } => {
-                Some(Entry { id, cents: p.cents, accepted_at: p.accepted_at, processor, requested_at })
+                Some(Entry { id, cents: p.cents, accepted_at: p.accepted_at, processor, requested_at, maybe_known: true })
             }
             _ => None,
         }
@@ -211,7 +215,7 @@ impl History {
         let entries: Vec<Entry> = processed.iter().filter_map(|(id, p)| Entry::of(*id, p)).collect();
         if !entries.is_empty() {
             let txn = db.begin_write().map_err(db_err)?;
-            write_batch(&txn, &names, &entries, true)?;
+            write_batch(&txn, &names, &entries)?;
             txn.commit().map_err(db_err)?;
         }
         let read = db.begin_read().map_err(db_err)?;
@@ -361,7 +365,7 @@ pub fn import(dir: &Path, names: &[String], entries: impl IntoIterator<Item = En
     let mut chunk = Vec::with_capacity(batch.max(1));
     let mut flush = |chunk: &mut Vec<Entry>| -> DbResult<()> {
         let txn = db.begin_write().map_err(db_err)?;
-        written += write_batch(&txn, &names, chunk, true)?.len() as u64;
+        written += write_batch(&txn, &names, chunk)?.len() as u64;
         txn.commit().map_err(db_err)?;
         chunk.clear();
         Ok(())
@@ -432,22 +436,21 @@ fn decode_entry(id: CorrelationId, b: &[u8; ENTRY_BYTES], names: &Names) -> DbRe
         accepted_at: UtcMillis(i64::from_le_bytes(b[8..16].try_into().expect("8"))),
         processor,
         requested_at: UtcMillis(i64::from_le_bytes(b[17..].try_into().expect("8"))),
+        maybe_known: true,
     })
 }
 
-/// Writes `entries` and adds them to the per-millisecond and per-second totals. With
-/// `skip_known`, ids already stored are left as they are and not counted again.
-/// Returns the entries that were new.
-fn write_batch(txn: &redb::WriteTransaction, names: &Names, entries: &[Entry], skip_known: bool) -> DbResult<Vec<Entry>> {
+/// Writes `entries` and adds those that were new to the per-millisecond and per-second
+/// totals (an id stored already is written again with the same facts and not counted twice:
+/// one B-tree operation per entry, not a lookup and an insert). Returns the new ones.
+fn write_batch(txn: &redb::WriteTransaction, names: &Names, entries: &[Entry]) -> DbResult<Vec<Entry>> {
     let mut fresh = Vec::with_capacity(entries.len());
     {
         let mut payments = txn.open_table(PAYMENTS).map_err(db_err)?;
         for e in entries {
-            if skip_known && payments.get(e.id.0).map_err(db_err)?.is_some() {
-                continue;
+            if payments.insert(e.id.0, &encode_entry(e, names)).map_err(db_err)?.is_none() {
+                fresh.push(*e);
             }
-            payments.insert(e.id.0, &encode_entry(e, names)).map_err(db_err)?;
-            fresh.push(*e);
         }
     }
     let mut ms: Vec<((u8, i64), Totals)> =
@@ -538,7 +541,7 @@ impl Writer {
         match msg {
             Msg::Settled { seq, entry } => {
                 self.received = seq;
-                if self.dropping || self.pending_ids.contains(&entry.id.0) || self.known(entry.id) {
+                if self.dropping || self.pending_ids.contains(&entry.id.0) || (entry.maybe_known && self.known(entry.id)) {
                     return;
                 }
                 let p = self.names.to_history[usize::from(entry.processor)];
@@ -585,7 +588,7 @@ impl Writer {
         if !self.pending.is_empty() {
             let mut txn = self.db.begin_write().map_err(db_err)?;
             txn.set_durability(Durability::Immediate).map_err(db_err)?;
-            write_batch(&txn, &self.names, &self.pending, true)?;
+            write_batch(&txn, &self.names, &self.pending)?;
             txn.commit().map_err(db_err)?;
             self.pending.clear();
             self.pending_ids.clear();

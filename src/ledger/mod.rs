@@ -462,6 +462,9 @@ pub struct Ledger {
     evict_version: u64,
     /// The ids of the last [`RECENT_EVICTIONS`] evictions, oldest first.
     recent_evictions: VecDeque<u128>,
+    /// Payments with a ticket below this were recovered from disk (at start or by a journal
+    /// repair), not accepted by this process since: only they may be in the history already.
+    first_live_ticket: u64,
     /// A purge is emptying the history: nothing is evicted meanwhile.
     purging: bool,
     /// The ledger's own command queue, for the second step of a purge.
@@ -486,6 +489,7 @@ impl Ledger {
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE_LEN);
         // Sized once: the table is never rehashed into a larger one while commands wait.
         state.reserve_total(limits.hot_capacity());
+        let state_next_ticket = state.next_ticket();
         let healthy = Arc::new(AtomicBool::new(true));
         let seen_failures = journal.failures();
         let (generation, generation_rx) = watch::channel(0);
@@ -511,6 +515,7 @@ impl Ledger {
             next_seq: 1,
             evict_version: 0,
             recent_evictions: VecDeque::with_capacity(RECENT_EVICTIONS),
+            first_live_ticket: state_next_ticket,
             purging: false,
             self_tx: tx.downgrade(),
         };
@@ -620,6 +625,7 @@ impl Ledger {
         let orphans = std::mem::take(&mut self.orphans);
         let fresh = rebuilt.adopt_tickets(&self.state, &orphans);
         self.state = rebuilt;
+        self.first_live_ticket = self.state.next_ticket();
         self.dispatch_these(&fresh);
         self.stats.rebuilds.fetch_add(1, Ordering::Relaxed);
         self.stats.requeued.fetch_add(fresh.len() as u64, Ordering::Relaxed);
@@ -674,8 +680,10 @@ impl Ledger {
             panic!("ledger invariant broken: {e}");
         }
         if let Event::Processed { id, .. } = *event
-            && let Some(entry) = self.state.get(id).and_then(|p| Entry::of(id, p))
+            && let Some(p) = self.state.get(id)
+            && let Some(mut entry) = Entry::of(id, p)
         {
+            entry.maybe_known = p.ticket < self.first_live_ticket;
             let seq = self.next_seq;
             self.next_seq += 1;
             self.settling.push_back(Settling { seq, id, at: UtcMillis::now() });
