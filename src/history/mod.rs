@@ -42,6 +42,8 @@ const SUMMARY_MS: TableDefinition<(u8, i64), &[u8; TOTALS_BYTES]> = TableDefinit
 const SUMMARY_S: TableDefinition<(u8, i64), &[u8; TOTALS_BYTES]> = TableDefinition::new("summary_s");
 /// History's processor number → name.
 const NAMES: TableDefinition<u8, &str> = TableDefinition::new("processors");
+/// `commit` → the number of the last batch committed (see `Writer::summary`).
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 const ENTRY_BYTES: usize = 25;
 const TOTALS_BYTES: usize = 24;
@@ -52,6 +54,8 @@ pub const FILE_NAME: &str = "history.redb";
 pub const BATCH_MAX: usize = 4_096;
 /// Longest a payment waits for its batch's commit.
 pub const BATCH_WINDOW_MS: u64 = 100;
+/// How often the writer looks for the committer's answer while a batch is out.
+const IN_FLIGHT_POLL: Duration = Duration::from_millis(1);
 /// Wait before retrying a commit the disk refused.
 pub const RETRY_MS: u64 = 1_000;
 /// redb's own page cache. Reads miss it into the OS page cache; a small cache keeps the
@@ -256,17 +260,35 @@ impl History {
                 index.add_totals(UtcMillis(s), totals_of(v.value()));
             }
         }
+        let commits = last_commit(&read)?;
         drop(read);
         let db = Arc::new(db);
         let names = Arc::new(names);
         let (tx, rx) = mpsc::channel();
         let (confirmed_tx, confirmed) = watch::channel(0);
+        let (to_committer, committer_rx) = mpsc::channel::<(u64, Arc<Vec<Entry>>)>();
+        let (committer_tx, from_committer) = mpsc::channel();
+        {
+            let (db, names) = (db.clone(), names.clone());
+            std::thread::Builder::new()
+                .name("history-commit".into())
+                .spawn(move || {
+                    for (no, entries) in committer_rx {
+                        let _ = committer_tx.send((no, commit_batch(&db, &names, no, &entries)));
+                    }
+                })
+                .map_err(db_err)?;
+        }
         let writer = Writer {
             db: db.clone(),
             names: names.clone(),
             seconds,
             pending: Vec::with_capacity(BATCH_MAX),
-            pending_ids: std::collections::HashSet::with_capacity(BATCH_MAX),
+            pending_ids: std::collections::HashSet::with_capacity(2 * BATCH_MAX),
+            in_flight: None,
+            commits,
+            to_committer,
+            from_committer,
             received: 0,
             confirmed: confirmed_tx,
             dropping: false,
@@ -405,6 +427,7 @@ fn map_names(db: &Database, state: &mut State) -> DbResult<Names> {
         txn.open_table(PAYMENTS).map_err(db_err)?;
         txn.open_table(SUMMARY_MS).map_err(db_err)?;
         txn.open_table(SUMMARY_S).map_err(db_err)?;
+        txn.open_table(META).map_err(db_err)?;
     }
     txn.commit().map_err(db_err)?;
     let mut to_ledger = Vec::with_capacity(stored.len());
@@ -416,6 +439,23 @@ fn map_names(db: &Database, state: &mut State) -> DbResult<Names> {
         to_history[usize::from(l)] = h as u8;
     }
     Ok(Names { to_history, to_ledger })
+}
+
+fn last_commit(read: &redb::ReadTransaction) -> DbResult<u64> {
+    match read.open_table(META) {
+        Ok(t) => Ok(t.get("commit").map_err(db_err)?.map_or(0, |v| v.value())),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+        Err(e) => Err(db_err(e)),
+    }
+}
+
+/// One durable commit of a batch, numbered `no` (the number is stored with it).
+fn commit_batch(db: &Database, names: &Names, no: u64, entries: &[Entry]) -> DbResult<()> {
+    let mut txn = db.begin_write().map_err(db_err)?;
+    txn.set_durability(Durability::Immediate).map_err(db_err)?;
+    write_batch(&txn, names, entries)?;
+    txn.open_table(META).map_err(db_err)?.insert("commit", no).map_err(db_err)?;
+    txn.commit().map_err(db_err)
 }
 
 fn encode_entry(e: &Entry, names: &Names) -> [u8; ENTRY_BYTES] {
@@ -482,9 +522,18 @@ struct Writer {
     /// Per history processor: totals by second (the key is a second, not a millisecond),
     /// of everything received, committed or not.
     seconds: Vec<SummaryIndex>,
-    /// Received, counted, not yet committed.
+    /// Received, counted, not yet handed to the committer.
     pending: Vec<Entry>,
+    /// The ids of `pending` and `in_flight`.
     pending_ids: std::collections::HashSet<u128>,
+    /// The batch the committer thread is writing: its number, its entries, and the number of
+    /// the last payment received when it left. Commits run on their own thread so that a
+    /// summary (answered here) never waits for a sync.
+    in_flight: Option<(u64, Arc<Vec<Entry>>, u64)>,
+    /// The number of the last batch handed to the committer.
+    commits: u64,
+    to_committer: mpsc::Sender<(u64, Arc<Vec<Entry>>)>,
+    from_committer: mpsc::Receiver<(u64, DbResult<()>)>,
     /// The number of the last payment received.
     received: u64,
     confirmed: watch::Sender<u64>,
@@ -498,41 +547,102 @@ impl Writer {
         let mut due: Option<Instant> = None;
         let mut failing = false;
         loop {
-            let msg = match due {
-                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-                Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
+            // While a batch is out, look for its result every millisecond or so.
+            let wait = match (due, self.in_flight.is_some()) {
+                (None, false) => None,
+                (Some(at), false) => Some(at.saturating_duration_since(Instant::now())),
+                (at, true) => Some(at.map_or(IN_FLIGHT_POLL, |at| at.saturating_duration_since(Instant::now()).min(IN_FLIGHT_POLL))),
             };
-            match msg {
-                Ok(msg) => self.handle(msg),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
-                    let _ = self.commit();
-                    return;
+            let msg = match wait {
+                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                Some(d) => rx.recv_timeout(d),
+            };
+            let disconnected = match msg {
+                Ok(msg) => {
+                    self.handle(msg);
+                    false
+                }
+                Err(RecvTimeoutError::Timeout) => false,
+                Err(RecvTimeoutError::Disconnected) => true,
+            };
+            while let Ok((no, result)) = self.from_committer.try_recv() {
+                if let Err(e) = self.finished(no, result) {
+                    tracing::error!(error = %e, pending = self.pending.len(), "history commit failed; payments stay in memory and it is retried");
+                    failing = true;
+                    due = Some(Instant::now() + Duration::from_millis(RETRY_MS));
                 }
             }
-            if self.stopping {
+            if disconnected || self.stopping {
                 if let Err(e) = self.commit() {
                     tracing::warn!(error = %e, "last history commit failed; the next start redoes it from the journal");
                 }
                 return;
             }
             if self.pending.is_empty() {
+                if self.in_flight.is_none() {
+                    due = None;
+                    self.confirm(self.received);
+                }
+            } else if self.in_flight.is_none() && ((self.pending.len() >= BATCH_MAX && !failing) || due.is_some_and(|d| Instant::now() >= d)) {
+                failing = false;
                 due = None;
-                self.confirmed.send_if_modified(|c| std::mem::replace(c, self.received) != self.received);
-            } else if (self.pending.len() >= BATCH_MAX && !failing) || due.is_some_and(|d| Instant::now() >= d) {
-                due = match self.commit() {
-                    Ok(()) => {
-                        failing = false;
-                        None
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, pending = self.pending.len(), "history commit failed; payments stay in memory and it is retried");
-                        failing = true;
-                        Some(Instant::now() + Duration::from_millis(RETRY_MS))
-                    }
-                };
+                self.send_batch();
             } else if due.is_none() {
                 due = Some(Instant::now() + Duration::from_millis(BATCH_WINDOW_MS));
+            }
+        }
+    }
+
+    fn confirm(&self, upto: u64) {
+        self.confirmed.send_if_modified(|c| std::mem::replace(c, upto) != upto);
+    }
+
+    /// Hands the pending batch to the committer.
+    fn send_batch(&mut self) {
+        debug_assert!(self.in_flight.is_none());
+        if self.pending.is_empty() {
+            return;
+        }
+        self.commits += 1;
+        let batch = Arc::new(std::mem::replace(&mut self.pending, Vec::with_capacity(BATCH_MAX)));
+        self.in_flight = Some((self.commits, batch.clone(), self.received));
+        if self.to_committer.send((self.commits, batch)).is_err() {
+            tracing::error!("history committer stopped");
+        }
+    }
+
+    /// The committer's answer for batch `no`: confirmed, or back in front of the pending ones.
+    fn finished(&mut self, no: u64, result: DbResult<()>) -> DbResult<()> {
+        let Some((flying, batch, upto)) = self.in_flight.take() else { return Ok(()) };
+        debug_assert_eq!(flying, no);
+        match result {
+            Ok(()) => {
+                for e in batch.iter() {
+                    self.pending_ids.remove(&e.id.0);
+                }
+                self.confirm(upto);
+                Ok(())
+            }
+            Err(e) => {
+                let mut again = Arc::unwrap_or_clone(batch);
+                again.append(&mut self.pending);
+                self.pending = again;
+                Err(e)
+            }
+        }
+    }
+
+    /// Waits for the batch in flight, if any, and returns its result.
+    fn settle_in_flight(&mut self) -> DbResult<()> {
+        let Some((no, ..)) = self.in_flight else { return Ok(()) };
+        match self.from_committer.recv() {
+            Ok((done, result)) => {
+                debug_assert_eq!(done, no);
+                self.finished(done, result)
+            }
+            Err(_) => {
+                self.in_flight = None;
+                Err("history committer stopped".into())
             }
         }
     }
@@ -584,20 +694,18 @@ impl Writer {
         })
     }
 
+    /// Commits everything received, and waits for it.
     fn commit(&mut self) -> DbResult<()> {
-        if !self.pending.is_empty() {
-            let mut txn = self.db.begin_write().map_err(db_err)?;
-            txn.set_durability(Durability::Immediate).map_err(db_err)?;
-            write_batch(&txn, &self.names, &self.pending)?;
-            txn.commit().map_err(db_err)?;
-            self.pending.clear();
-            self.pending_ids.clear();
-        }
-        self.confirmed.send_if_modified(|c| std::mem::replace(c, self.received) != self.received);
+        self.settle_in_flight()?;
+        self.send_batch();
+        self.settle_in_flight()?;
+        self.confirm(self.received);
         Ok(())
     }
 
     fn purge(&mut self) -> DbResult<()> {
+        // A batch still being written would land after the purge otherwise.
+        let _ = self.settle_in_flight();
         let mut txn = self.db.begin_write().map_err(db_err)?;
         txn.set_durability(Durability::Immediate).map_err(db_err)?;
         for table in [SUMMARY_MS, SUMMARY_S] {
@@ -609,6 +717,7 @@ impl Writer {
         txn.commit().map_err(db_err)?;
         self.pending.clear();
         self.pending_ids.clear();
+        self.in_flight = None;
         self.seconds.iter_mut().for_each(SummaryIndex::clear);
         Ok(())
     }
@@ -647,6 +756,12 @@ impl Writer {
         }
         let read = self.db.begin_read().map_err(db_err)?;
         let ms_table = read.open_table(SUMMARY_MS).map_err(db_err)?;
+        // The batch in flight counts from memory until this read sees it committed.
+        let on_disk = last_commit(&read)?;
+        let flying: &[Entry] = match &self.in_flight {
+            Some((no, batch, _)) if *no > on_disk => batch,
+            _ => &[],
+        };
         for (h, index) in self.seconds.iter().enumerate() {
             let mut total = match (lo_full, hi_full) {
                 (Some(l), Some(h)) if l > h => Totals::default(),
@@ -657,7 +772,7 @@ impl Writer {
                     let (_, v) = row.map_err(db_err)?;
                     total = total.plus(totals_of(v.value()));
                 }
-                for e in self.pending.iter().filter(|e| usize::from(self.names.to_history[usize::from(e.processor)]) == h) {
+                for e in self.pending.iter().chain(flying).filter(|e| usize::from(self.names.to_history[usize::from(e.processor)]) == h) {
                     if (a..=b).contains(&e.requested_at.0) {
                         total = total.plus(one(e.cents));
                     }
