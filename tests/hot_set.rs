@@ -225,3 +225,49 @@ async fn purge_clears_the_history_too() {
     gw.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_summary_is_exact_over_random_windows_spanning_evicted_and_hot_payments() {
+    let (default, fallback) = start_pair().await;
+    let sims = [("default", &default), ("fallback", &fallback)];
+    let http = Http::default();
+    let mut config = gateway_config(&sims);
+    // The newest 40 stay in memory, the rest leave it: windows cross that boundary.
+    config.hot_max = 40;
+    config.max_defer = Duration::ZERO;
+    let dir = config.data_dir.clone();
+    let gw = Gw::start(config).await;
+    let started = paygate::domain::UtcMillis::now().0;
+    let mut rng = fastrand::Rng::with_seed(15);
+    for i in 0..200u64 {
+        let amount = format!("{}.{:02}", rng.u64(1..500), rng.u64(0..100));
+        assert_eq!(http.pay(&gw.url, CorrelationId::random(), &amount).await, StatusCode::ACCEPTED);
+        // Some go to fallback while default fails for a moment; payments spread over seconds.
+        if i == 120 {
+            http.set_failing(&default, true).await;
+        }
+        if i == 150 {
+            http.set_failing(&default, false).await;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.u64(0..25))).await;
+    }
+    eventually(Duration::from_secs(20), "200 processed", || async { default.sim.payment_count() + fallback.sim.payment_count() == 200 })
+        .await;
+    eventually_books_agree(&http, &gw.url, &sims).await;
+    gw.wait_hot(&http, 40.0).await;
+    let ended = paygate::domain::UtcMillis::now().0;
+    let at = |ms: i64| paygate::domain::UtcMillis(ms).to_string();
+    for _ in 0..150 {
+        let (a, b) = (rng.i64(started - 500..=ended + 500), rng.i64(started - 500..=ended + 500));
+        // Some windows end exactly on a second's edge, or hold one millisecond.
+        let (from, to) = match rng.u8(..4) {
+            0 => (a.min(b), a.min(b)),
+            1 => (a.min(b) / 1000 * 1000, a.max(b) / 1000 * 1000 + 999),
+            _ => (a.min(b), a.max(b)),
+        };
+        let window = format!("?from={}&to={}", at(from), at(to));
+        assert_eq!(audit(&http, &gw.url, &sims, &window).await, Vec::<String>::new(), "window {window}");
+    }
+    gw.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}

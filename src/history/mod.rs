@@ -356,6 +356,13 @@ impl History {
         rx.await.map_err(|_| "history writer stopped".to_string())?
     }
 
+    /// [`History::flush`] for a thread outside the runtime (the compactor).
+    pub fn flush_blocking(&self) -> DbResult<()> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Msg::Flush { reply }).map_err(|_| "history writer stopped".to_string())?;
+        rx.blocking_recv().map_err(|_| "history writer stopped".to_string())?
+    }
+
     /// The payment `id` as the history holds it (a disk read: call it off the ledger's task).
     pub fn get(&self, id: CorrelationId) -> DbResult<Option<Entry>> {
         let read = self.db()?.begin_read().map_err(db_err)?;

@@ -160,6 +160,22 @@ pub enum Lookup {
     Unknown,
 }
 
+impl Command {
+    fn kind(&self) -> &'static str {
+        match self {
+            Command::Accept { .. } => "accept",
+            Command::Get { .. } => "get",
+            Command::Summary { .. } => "summary",
+            Command::Intent { .. } => "intent",
+            Command::Settle { .. } => "settle",
+            Command::Purge { .. } | Command::PurgeJournal { .. } | Command::PurgeFailed => "purge",
+            Command::IsCurrent { .. } => "is_current",
+            Command::Backlog { .. } => "backlog",
+            Command::Flush { .. } => "flush",
+        }
+    }
+}
+
 /// The backlog as an operator sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Backlog {
@@ -220,6 +236,9 @@ pub const HOT_MAX: usize = 100_000;
 pub const HOT_WINDOW_MS: u64 = 60_000;
 /// Most payments evicted after one command, so eviction never holds a command up for long.
 pub const EVICT_BATCH: usize = 64;
+/// A ledger command slower than this is logged.
+pub const SLOW_COMMAND_MS: u64 = 2;
+
 /// Evictions remembered by id, so that an `Accept` that read the history while others were
 /// evicted need not read it again (at 2 000/s, half a minute of them).
 pub const RECENT_EVICTIONS: usize = 65_536;
@@ -447,6 +466,7 @@ pub struct Ledger {
     orphans: Vec<CorrelationId>,
     last_rebuild: Option<tokio::time::Instant>,
     log: LogLimiter,
+    slow_log: LogLimiter,
     metrics: Option<Arc<crate::metrics::Metrics>>,
     /// With `--route-at-accept on`: the router whose cheapest breaker decides.
     route_at_accept: Option<Arc<crate::processor::router::Router>>,
@@ -507,6 +527,7 @@ impl Ledger {
             orphans: Vec::new(),
             last_rebuild: None,
             log: LogLimiter::new(Duration::from_millis(JOURNAL_LOG_EVERY_MS)),
+            slow_log: LogLimiter::new(Duration::from_millis(JOURNAL_LOG_EVERY_MS)),
             metrics,
             route_at_accept,
             history: history.clone(),
@@ -729,13 +750,21 @@ impl Ledger {
         since > self.recent_evictions.len() || self.recent_evictions.iter().rev().take(since).any(|&e| e == id.0)
     }
 
-    /// Handles `cmd`, timing it for `/metrics` (the single writer's stalls show there).
+    /// Handles `cmd`, timing it for `/metrics` (the single writer's stalls show there); a
+    /// command over [`SLOW_COMMAND_MS`] is logged with its kind (at most once per 30 s).
     fn timed(&mut self, cmd: Command) {
         match self.metrics.clone() {
             Some(m) => {
+                let kind = cmd.kind();
                 let started = std::time::Instant::now();
                 self.handle(cmd);
-                m.ledger_command(started.elapsed());
+                let took = started.elapsed();
+                m.ledger_command(took);
+                if took >= Duration::from_millis(SLOW_COMMAND_MS)
+                    && let Some(suppressed) = self.slow_log.allow()
+                {
+                    tracing::warn!(kind, us = took.as_micros() as u64, suppressed, "slow ledger command (its thread may also have been descheduled)");
+                }
             }
             None => self.handle(cmd),
         }

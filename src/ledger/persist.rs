@@ -64,7 +64,7 @@ pub fn recover(dir: &Path, names: &[String]) -> Result<Recovered, RecoveryError>
     for tmp in &listing.temporaries {
         let _ = std::fs::remove_file(tmp);
     }
-    let r = replay(&listing, names, u64::MAX, true)?;
+    let r = replay(&listing, names, u64::MAX, true, false)?;
     let next_seq = listing.segments.last().map_or(0, |(s, _)| s + 1).max(listing.snapshots.last().map_or(0, |(s, _)| *s));
     Ok(Recovered { state: r.0, next_seq, replayed: r.1 })
 }
@@ -75,7 +75,7 @@ pub fn recover(dir: &Path, names: &[String]) -> Result<Recovered, RecoveryError>
 pub fn reload(dir: &Path, names: &[String], dir_lock: &Mutex<()>) -> Result<State, RecoveryError> {
     let _guard = dir_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let listing = file::list(dir).map_err(|e| RecoveryError::Io(dir.to_path_buf(), e))?;
-    Ok(replay(&listing, names, u64::MAX, false)?.0)
+    Ok(replay(&listing, names, u64::MAX, false, false)?.0)
 }
 
 /// The payload of the record that starts every segment: the processor names its events'
@@ -102,8 +102,17 @@ fn name_map(state: &mut State, names: &[String]) -> Result<Vec<ProcessorIdx>, St
     names.iter().map(|n| state.processor_index(n).ok_or_else(|| "more than 255 processors".to_string())).collect()
 }
 
-/// The state of the newest snapshot plus the segments in `[snapshot, upto)`.
-fn replay(listing: &file::Listing, names: &[String], upto: u64, cut_torn_tail: bool) -> Result<(State, u64), RecoveryError> {
+/// The state of the newest snapshot plus the segments in `[snapshot, upto)`. With
+/// `drop_processed`, a payment leaves the state as soon as it is processed (the compactor's
+/// replay, once the history holds every processed payment of these segments), so the replay
+/// holds only unfinished payments, not a segment's worth.
+fn replay(
+    listing: &file::Listing,
+    names: &[String],
+    upto: u64,
+    cut_torn_tail: bool,
+    drop_processed: bool,
+) -> Result<(State, u64), RecoveryError> {
     let snapshot = listing.snapshots.iter().rev().find(|(s, _)| *s <= upto);
     let (mut state, base) = match snapshot {
         Some((seq, path)) => (load_snapshot(path, names)?, *seq),
@@ -126,6 +135,9 @@ fn replay(listing: &file::Listing, names: &[String], upto: u64, cut_torn_tail: b
                 codec::Decoded::Event(e) => remap(e, &map).ok_or_else(|| corrupt(offset, format!("{e:?} names an unknown processor")))?,
             };
             state.apply(&event).map_err(|e| corrupt(offset, e.to_string()))?;
+            if let (true, Event::Processed { id, .. }) = (drop_processed, event) {
+                state.evict(id);
+            }
             replayed += 1;
             Ok(())
         })?;
@@ -311,7 +323,18 @@ fn compact(dir: &Path, names: &[String], upto: u64, dir_lock: &Mutex<()>, histor
     if consumed.is_empty() {
         return Ok(());
     }
-    let (mut state, replayed) = replay(&listing, names, upto, false).map_err(|e| e.to_string())?;
+    // Every processed payment of these segments was handed to the history before its record
+    // reached the journal; once the history has committed all it was handed, none needs to
+    // be looked up one by one (a 64 MiB segment held 615 k payments: 4.2 s of lookups).
+    let committed = history.is_some_and(|h| match h.flush_blocking() {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "history commit failed before compaction; processed payments are looked up one by one");
+            false
+        }
+    });
+    let (mut state, replayed) = replay(&listing, names, upto, false, committed).map_err(|e| e.to_string())?;
+    // What is left processed came from the previous snapshot (or the flush failed).
     let in_history = match history {
         Some(h) => leave_out_history(&mut state, h)?,
         None => 0,
