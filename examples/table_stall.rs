@@ -28,13 +28,13 @@ impl Longest {
     fn note(&mut self, took: Duration, len: usize) {
         self.0.push((took, len));
         if self.0.len() > 64 {
-            self.0.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+            self.0.sort_unstable_by_key(|a| std::cmp::Reverse(a.0));
             self.0.truncate(5);
         }
     }
 
     fn report(mut self, what: &str, over_100us: Duration) {
-        self.0.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        self.0.sort_unstable_by_key(|a| std::cmp::Reverse(a.0));
         let top: Vec<String> = self.0.iter().take(5).map(|(d, n)| format!("{:.2} ms at {n}", d.as_secs_f64() * 1e3)).collect();
         println!("{what}: longest inserts {}; inserts over 100 µs took {:.1} ms in all", top.join(", "), over_100us.as_secs_f64() * 1e3);
     }
