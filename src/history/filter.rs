@@ -117,6 +117,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn one_filter_sized_for_its_ids_has_a_half_percent_false_positive_rate() {
+        let n = 1_000_000u128;
+        let mut f = IdFilter::with_capacity(n as usize);
+        for i in 0..n {
+            f.insert(i.wrapping_mul(0x9e3779b97f4a7c15f39cc0605cedc835) ^ 7);
+        }
+        assert_eq!(f.blocks.len(), 1);
+        let probes = 1_000_000u128;
+        let fp = (0..probes).filter(|i| f.may_contain(u128::MAX - i * 3)).count();
+        let rate = fp as f64 / probes as f64;
+        println!("filter: {n} ids, one filter, {} bytes ({:.2} bytes/id), false positives {:.3} %", f.bytes(), f.bytes() as f64 / n as f64, rate * 100.0);
+        assert!(rate < 0.01, "false-positive rate {rate}");
+    }
+
+    #[test]
     fn no_false_negatives_and_a_low_false_positive_rate_across_growth() {
         let mut f = IdFilter::with_capacity(1000);
         let ids: Vec<u128> = (0..200_000u128).map(|i| i.wrapping_mul(0x9e3779b97f4a7c15f39cc0605cedc835)).collect();
@@ -128,6 +143,8 @@ mod tests {
         let probes = 200_000u128;
         let false_positives = (0..probes).filter(|i| f.may_contain(u128::MAX - i)).count();
         let rate = false_positives as f64 / probes as f64;
+        // `cargo test --release --lib filter -- --nocapture` prints what perf.md quotes.
+        println!("filter: {} ids in {} filters, {} bytes ({:.2} bytes/id), false positives {:.3} %", f.len(), f.blocks.len(), f.bytes(), f.bytes() as f64 / f.len() as f64, rate * 100.0);
         // Several filters of growing size answer together: their rates add up.
         assert!(rate < 0.02, "false-positive rate {rate}");
         f.clear();
