@@ -127,7 +127,12 @@ mod tests {
         let probes = 1_000_000u128;
         let fp = (0..probes).filter(|i| f.may_contain(u128::MAX - i * 3)).count();
         let rate = fp as f64 / probes as f64;
-        println!("filter: {n} ids, one filter, {} bytes ({:.2} bytes/id), false positives {:.3} %", f.bytes(), f.bytes() as f64 / n as f64, rate * 100.0);
+        println!(
+            "filter: {n} ids, one filter, {} bytes ({:.2} bytes/id), false positives {:.3} %",
+            f.bytes(),
+            f.bytes() as f64 / n as f64,
+            rate * 100.0
+        );
         assert!(rate < 0.01, "false-positive rate {rate}");
     }
 
@@ -144,7 +149,14 @@ mod tests {
         let false_positives = (0..probes).filter(|i| f.may_contain(u128::MAX - i)).count();
         let rate = false_positives as f64 / probes as f64;
         // `cargo test --release --lib filter -- --nocapture` prints what perf.md quotes.
-        println!("filter: {} ids in {} filters, {} bytes ({:.2} bytes/id), false positives {:.3} %", f.len(), f.blocks.len(), f.bytes(), f.bytes() as f64 / f.len() as f64, rate * 100.0);
+        println!(
+            "filter: {} ids in {} filters, {} bytes ({:.2} bytes/id), false positives {:.3} %",
+            f.len(),
+            f.blocks.len(),
+            f.bytes(),
+            f.bytes() as f64 / f.len() as f64,
+            rate * 100.0
+        );
         // Several filters of growing size answer together: their rates add up.
         assert!(rate < 0.02, "false-positive rate {rate}");
         f.clear();

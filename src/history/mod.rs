@@ -244,7 +244,12 @@ impl History {
                 });
                 match scanned {
                     Ok(()) => {
-                        tracing::info!(ids = filter.len(), bytes = filter.bytes(), ms = started.elapsed().as_millis() as u64, "history id filter built");
+                        tracing::info!(
+                            ids = filter.len(),
+                            bytes = filter.bytes(),
+                            ms = started.elapsed().as_millis() as u64,
+                            "history id filter built"
+                        );
                         let _ = filter_tx.send(filter);
                     }
                     // Without a filter the ledger keeps reading the history for every new id.
@@ -590,7 +595,9 @@ impl Writer {
                     due = None;
                     self.confirm(self.received);
                 }
-            } else if self.in_flight.is_none() && ((self.pending.len() >= BATCH_MAX && !failing) || due.is_some_and(|d| Instant::now() >= d)) {
+            } else if self.in_flight.is_none()
+                && ((self.pending.len() >= BATCH_MAX && !failing) || due.is_some_and(|d| Instant::now() >= d))
+            {
                 failing = false;
                 due = None;
                 self.send_batch();

@@ -763,7 +763,12 @@ impl Ledger {
                 if took >= Duration::from_millis(SLOW_COMMAND_MS)
                     && let Some(suppressed) = self.slow_log.allow()
                 {
-                    tracing::warn!(kind, us = took.as_micros() as u64, suppressed, "slow ledger command (its thread may also have been descheduled)");
+                    tracing::warn!(
+                        kind,
+                        us = took.as_micros() as u64,
+                        suppressed,
+                        "slow ledger command (its thread may also have been descheduled)"
+                    );
                 }
             }
             None => self.handle(cmd),
