@@ -54,6 +54,8 @@ METRIC_NAMES = {
     "command_max_ns": "paygate_ledger_command_max_nanoseconds",
     "hot_payments": "paygate_ledger_hot_payments",
     "accepted": "paygate_payments_accepted_total",
+    "filter_bytes": "paygate_ledger_filter_bytes",
+    "history_cache_bytes": "paygate_history_cache_bytes",
 }
 
 

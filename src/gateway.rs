@@ -242,6 +242,8 @@ async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>, api: Arc<Ap
                 metrics.oldest_pending_seconds.set(age_ms as f64 / 1_000.0);
                 metrics.hot_payments.set(b.hot as i64);
                 metrics.hot_capacity.set(b.hot_capacity as i64);
+                metrics.filter_bytes.set(b.filter_bytes as i64);
+                metrics.history_cache_bytes.set(api.ledger.history_cache_bytes() as i64);
             }
             for (i, u) in api.router.upstreams().iter().enumerate() {
                 metrics.set_pinned(i, u.pinned.load(Ordering::Relaxed));

@@ -66,6 +66,9 @@ pub struct Metrics {
     /// Payments in the ledger's memory, and what its table holds before it must grow.
     pub hot_payments: Gauge,
     pub hot_capacity: Gauge,
+    /// Memory of the ledger's id filter and of the history's page cache.
+    pub filter_bytes: Gauge,
+    pub history_cache_bytes: Gauge,
 }
 
 /// What the journal writer records, on its own thread.
@@ -173,6 +176,10 @@ impl Metrics {
             "Payments the ledger holds in memory (pending and recently settled)",
             hot_payments.clone(),
         );
+        let filter_bytes = Gauge::default();
+        registry.register("ledger_filter_bytes", "Memory of the filter of ids in the history", filter_bytes.clone());
+        let history_cache_bytes = Gauge::default();
+        registry.register("history_cache_bytes", "Bytes in the history database's own page cache", history_cache_bytes.clone());
         let hot_capacity = Gauge::default();
         registry.register(
             "ledger_hot_capacity",
@@ -185,6 +192,8 @@ impl Metrics {
             ledger_command_max_ns,
             hot_payments,
             hot_capacity,
+            filter_bytes,
+            history_cache_bytes,
             registry,
             requests,
             request_seconds,

@@ -361,6 +361,11 @@ impl History {
         rx.await.map_err(|_| "history writer stopped".to_string())?
     }
 
+    /// Bytes in redb's own page cache now (at most [`CACHE_BYTES`]).
+    pub fn cache_bytes(&self) -> usize {
+        self.db().map_or(0, |db| db.cache_stats().used_bytes())
+    }
+
     /// [`History::flush`] for a thread outside the runtime (the compactor).
     pub fn flush_blocking(&self) -> DbResult<()> {
         let (reply, rx) = oneshot::channel();

@@ -187,6 +187,8 @@ pub struct Backlog {
     pub hot: usize,
     /// How many the ledger's table holds before it would have to grow (sized at start).
     pub hot_capacity: usize,
+    /// Memory of the id filter (0 while it is being built).
+    pub filter_bytes: usize,
 }
 
 /// What happens once an event is durable.
@@ -282,6 +284,13 @@ impl Filter {
                 evicted.clear();
                 *purged = true;
             }
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Filter::Ready(f) => f.bytes(),
+            Filter::Building { .. } => 0,
         }
     }
 
@@ -384,6 +393,11 @@ impl LedgerHandle {
             Lookup::Unknown => Ok(None),
             Lookup::MaybeInHistory => self.read_history(id).await.map(|e| e.map(|e| e.payment())),
         })
+    }
+
+    /// Bytes held by the history's page cache (for `/metrics`).
+    pub fn history_cache_bytes(&self) -> usize {
+        self.history.cache_bytes()
     }
 
     async fn read_history(&self, id: CorrelationId) -> Result<Option<Entry>, String> {
@@ -825,6 +839,7 @@ impl Ledger {
                     oldest_accepted_at: self.state.oldest_unfinished(),
                     hot: self.state.len(),
                     hot_capacity: self.state.capacity(),
+                    filter_bytes: self.filter.bytes(),
                 });
             }
             Command::Intent { work, processor, requested_at, reply } => {
