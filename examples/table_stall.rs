@@ -40,90 +40,77 @@ impl Longest {
     }
 }
 
-fn timed(mut op: impl FnMut(), len: usize, longest: &mut Longest, slow: &mut Duration) {
-    let t = Instant::now();
-    op();
-    let took = t.elapsed();
-    longest.note(took, len);
-    if took > Duration::from_micros(100) {
-        *slow += took;
+/// The two tables measured, behind one interface.
+trait Table {
+    fn put(&mut self, key: u128);
+    fn take(&mut self, key: u128);
+    fn size(&self) -> usize;
+    fn room(&self) -> usize;
+}
+
+impl Table for HashMap<u128, Payment, IdHasher> {
+    fn put(&mut self, key: u128) {
+        let _ = self.insert(key, payment());
     }
+    fn take(&mut self, key: u128) {
+        self.remove(&key);
+    }
+    fn size(&self) -> usize {
+        self.len()
+    }
+    fn room(&self) -> usize {
+        self.capacity()
+    }
+}
+
+impl Table for IdTable<Payment> {
+    fn put(&mut self, key: u128) {
+        let _ = self.insert(key, payment());
+    }
+    fn take(&mut self, key: u128) {
+        self.remove(&key);
+    }
+    fn size(&self) -> usize {
+        self.len()
+    }
+    fn room(&self) -> usize {
+        self.capacity()
+    }
+}
+
+/// Inserts `payments` ids one at a time, timing each; with `keep`, the oldest is removed once
+/// `keep` are held (one removal per insert), else the table grows with every insert.
+fn churn(what: &str, table: &mut impl Table, payments: u64, keep: Option<u64>) {
+    let capacity = table.room();
+    let (mut longest, mut slow) = (Longest(Vec::new()), Duration::ZERO);
+    for i in 0..payments {
+        if let Some(keep) = keep
+            && i >= keep
+        {
+            table.take(id(i - keep));
+        }
+        let len = table.size();
+        let t = Instant::now();
+        table.put(id(i));
+        let took = t.elapsed();
+        longest.note(took, len);
+        if took > Duration::from_micros(100) {
+            slow += took;
+        }
+    }
+    longest.report(&format!("{what}, {payments} inserts (capacity {capacity} → {})", table.room()), slow);
 }
 
 fn main() {
     let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().expect("a number")).collect();
-    let payments = args.first().copied().unwrap_or(1_000_000);
+    let payments = args.first().copied().unwrap_or(1_000_000) as u64;
     let steady = args.get(1).copied().unwrap_or(300_000);
-
+    let keep = steady as u64 / 2;
     // 1. Growing with every payment (the ledger before the hot set).
-    let mut map: HashMap<u128, Payment, IdHasher> = HashMap::default();
-    let (mut longest, mut slow) = (Longest(Vec::new()), Duration::ZERO);
-    for i in 0..payments as u64 {
-        let len = map.len();
-        timed(
-            || {
-                let _ = map.insert(id(i), payment());
-            },
-            len,
-            &mut longest,
-            &mut slow,
-        );
-    }
-    longest.report(&format!("HashMap growing to {payments}"), slow);
-    drop(map);
-
-    // 2. std's map at a steady size, sized at start, one removal per insert.
-    let mut map: HashMap<u128, Payment, IdHasher> = HashMap::with_capacity_and_hasher(steady, IdHasher::default());
-    let capacity = map.capacity();
-    let (mut longest, mut slow) = (Longest(Vec::new()), Duration::ZERO);
-    for i in 0..payments as u64 {
-        if i >= steady as u64 / 2 {
-            map.remove(&id(i - steady as u64 / 2));
-        }
-        let len = map.len();
-        timed(
-            || {
-                let _ = map.insert(id(i), payment());
-            },
-            len,
-            &mut longest,
-            &mut slow,
-        );
-    }
-    longest.report(
-        &format!(
-            "HashMap with_capacity({steady}) at {} items, churned {payments} times (capacity {capacity} → {})",
-            steady / 2,
-            map.capacity()
-        ),
-        slow,
-    );
-    drop(map);
-
+    churn(&format!("HashMap growing to {payments}"), &mut HashMap::<u128, Payment, IdHasher>::default(), payments, None);
+    // 2. std's map sized at start, at a steady size, one removal per insert.
+    let mut map = HashMap::<u128, Payment, IdHasher>::with_capacity_and_hasher(steady, IdHasher::default());
+    churn(&format!("HashMap with_capacity({steady}) churned at {keep} items"), &mut map, payments, Some(keep));
     // 3. The hot set's table under the same churn.
-    let mut table: IdTable<Payment> = IdTable::with_capacity(steady);
-    let capacity = table.capacity();
-    let (mut longest, mut slow) = (Longest(Vec::new()), Duration::ZERO);
-    for i in 0..payments as u64 {
-        if i >= steady as u64 / 2 {
-            table.remove(&id(i - steady as u64 / 2));
-        }
-        let len = table.len();
-        timed(
-            || {
-                let _ = table.insert(id(i), payment());
-            },
-            len,
-            &mut longest,
-            &mut slow,
-        );
-    }
-    longest.report(
-        &format!(
-            "IdTable::with_capacity({steady}) at {} items, churned {payments} times (capacity {capacity} → {})",
-            steady / 2,
-            table.capacity()
-        ),
-        slow,
-    );
+    churn(&format!("IdTable::with_capacity({steady}) churned at {keep} items"), &mut IdTable::with_capacity(steady), payments, Some(keep));
 }

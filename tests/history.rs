@@ -4,9 +4,11 @@
 //! reads by id once confirmed; absorption skipping known ids; purge and resume; processor
 //! numbering across restarts; import; instants and bounds at the ends of i64.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+mod common;
+
 use std::time::Duration;
+
+use common::procs::TempDir;
 
 use paygate::domain::money::MAX_CENTS;
 use paygate::domain::{Cents, CorrelationId, UtcMillis};
@@ -22,31 +24,6 @@ const T_REAL: i64 = 1_752_582_896_000;
 /// Longest any single wait on the writer may take before the test fails.
 const WAIT: Duration = Duration::from_secs(10);
 
-/// A fresh, empty directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-        let dir = std::env::temp_dir().join(format!("paygate-history-{tag}-{}-{n}-{nanos}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// A history directory and the handle open on it, if any: closed (so the writer stops and the
 /// file is released) before the directory is removed, however the test ends.
 struct Store {
@@ -61,7 +38,7 @@ impl Store {
 
     fn open(&mut self, state: &mut State) -> Opened {
         assert!(self.history.is_none(), "open twice");
-        let opened = History::open(self.dir.path(), state).expect("history opens");
+        let opened = History::open(&self.dir.0, state).expect("history opens");
         self.history = Some(opened.history.clone());
         opened
     }
@@ -120,9 +97,10 @@ fn apply_processed(state: &mut State, e: &Entry) {
 /// Whether the id filter built at open holds every one of `ids`. Asking it may wait for the
 /// thread that builds it, which must not happen on a runtime's thread: asked from a thread of
 /// its own.
-fn filter_holds(opened: &Opened, ids: impl IntoIterator<Item = CorrelationId>) -> bool {
+fn filter_holds(opened: &mut Opened, ids: impl IntoIterator<Item = CorrelationId>) -> bool {
     let ids: Vec<u128> = ids.into_iter().map(|id| id.0).collect();
-    std::thread::scope(|s| s.spawn(|| ids.iter().all(|&id| opened.filter.may_contain(id))).join().unwrap())
+    let filter = &mut opened.filter;
+    std::thread::scope(|s| s.spawn(|| ids.iter().all(|&id| filter.may_contain(id))).join().unwrap())
 }
 
 /// The summary as the writer answers it, in order after every hand-over before it.
@@ -298,12 +276,12 @@ fn run_case(t0: i64, salt: u64, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     }
                     let new: Vec<Entry> = fresh.into_iter().map(|(at, p, c)| entry(fresh_id(), t0 + at, p, c)).collect();
                     let mut state = processed_state(absorb.iter().chain(&new));
-                    let opened = store.open(&mut state);
+                    let mut opened = store.open(&mut state);
                     prop_assert_eq!(opened.absorbed, absorb.len() + new.len(), "every processed payment leaves the state");
                     prop_assert_eq!(state.len(), 0);
                     model.extend(new);
                     prop_assert_eq!(opened.len, model.len() as u64, "each payment is stored once");
-                    prop_assert!(filter_holds(&opened, model.iter().map(|e| e.id)), "the filter holds every id");
+                    prop_assert!(filter_holds(&mut opened, model.iter().map(|e| e.id)), "the filter holds every id");
                     seq = 0;
                     prop_assert_eq!(*store.h().confirmed.borrow(), 0);
                 }
@@ -384,12 +362,12 @@ async fn get_returns_what_was_handed_over_once_confirmed() {
     let closed = store.h().clone();
     store.close();
     assert!(closed.get(a.id).is_err(), "reads after close fail");
-    let opened = store.open(&mut State::new(&NAMES));
+    let mut opened = store.open(&mut State::new(&NAMES));
     assert_eq!(opened.len, 3);
     for e in [a, b, c] {
         assert_eq!(store.h().get(e.id).unwrap(), Some(e));
     }
-    assert!(filter_holds(&opened, [a.id, b.id, c.id]));
+    assert!(filter_holds(&mut opened, [a.id, b.id, c.id]));
     assert_eq!(*store.h().confirmed.borrow(), 0, "a new handle has confirmed nothing of its own");
     store.close();
 }
@@ -410,10 +388,10 @@ async fn absorbing_at_open_skips_known_ids() {
     state.apply(&Event::Accepted { id: CorrelationId(20), cents: cents(7), accepted_at: UtcMillis(T_REAL) }).unwrap();
     state.apply(&Event::Accepted { id: CorrelationId(21), cents: cents(8), accepted_at: UtcMillis(T_REAL) }).unwrap();
     state.apply(&Event::Intent { id: CorrelationId(21), processor: 1, requested_at: UtcMillis(T_REAL + 5) }).unwrap();
-    let opened = store.open(&mut state);
+    let mut opened = store.open(&mut state);
     assert_eq!(opened.absorbed, 2, "the two processed payments move");
     assert_eq!(opened.len, 2);
-    assert!(filter_holds(&opened, [a.id, b.id]));
+    assert!(filter_holds(&mut opened, [a.id, b.id]));
     assert_eq!(state.len(), 2, "unfinished payments stay in the state");
     assert!(state.get(a.id).is_none() && state.get(b.id).is_none());
     assert!(state.get(CorrelationId(20)).is_some() && state.get(CorrelationId(21)).is_some());
@@ -557,15 +535,15 @@ async fn import_writes_entries_once() {
     let entries: Vec<Entry> = (1..=10).map(|i| entry(i, T_REAL - 1_500 + i as i64 * 250, (i % 2) as u8, i as u64)).collect();
     // Duplicates within one batch and across batches.
     let with_dups = entries.iter().chain(&entries[..3]).chain(&entries[8..]).copied();
-    assert_eq!(history::import(store.dir.path(), &names, with_dups, 4).unwrap(), 10);
-    assert_eq!(history::import(store.dir.path(), &names, entries[5..].iter().copied(), 3).unwrap(), 0);
+    assert_eq!(history::import(&store.dir.0, &names, with_dups, 4).unwrap(), 10);
+    assert_eq!(history::import(&store.dir.0, &names, entries[5..].iter().copied(), 3).unwrap(), 0);
 
-    let opened = store.open(&mut State::new(&NAMES));
+    let mut opened = store.open(&mut State::new(&NAMES));
     assert_eq!(opened.len, 10);
     for e in &entries {
         assert_eq!(store.h().get(e.id).unwrap(), Some(*e));
     }
-    assert!(filter_holds(&opened, entries.iter().map(|e| e.id)));
+    assert!(filter_holds(&mut opened, entries.iter().map(|e| e.id)));
     drop(opened);
     for (from, to) in [(None, None), (Some(T_REAL - 1_000), Some(T_REAL)), (Some(T_REAL - 999), Some(T_REAL - 1)), (Some(T_REAL + 1), None)]
     {

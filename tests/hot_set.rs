@@ -19,6 +19,7 @@ use tokio::sync::oneshot;
 struct Gw {
     url: String,
     metrics: String,
+    data_dir: std::path::PathBuf,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<(), String>>,
 }
@@ -30,15 +31,24 @@ impl Gw {
         let metrics_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let metrics = format!("http://{}/metrics", metrics_listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
+        let data_dir = config.data_dir.clone();
         let task = tokio::spawn(paygate::gateway::run_with(config, listener, Some(metrics_listener), async move {
             let _ = stopped.await;
         }));
-        Gw { url, metrics, stop: Some(stop), task }
+        Gw { url, metrics, data_dir, stop: Some(stop), task }
     }
 
+    /// Stops the gateway, keeping its data directory (for a restart on it).
     async fn stop(mut self) {
         let _ = self.stop.take().unwrap().send(());
         self.task.await.unwrap().unwrap();
+    }
+
+    /// Stops the gateway and removes its data directory.
+    async fn finish(self) {
+        let dir = self.data_dir.clone();
+        self.stop().await;
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     /// The value of an unlabelled gauge.
@@ -75,7 +85,6 @@ async fn an_evicted_payment_is_answered_as_before_and_never_forwarded_again() {
     let sims = [("default", &default), ("fallback", &fallback)];
     let http = Http::default();
     let config = evicting_config(&sims);
-    let dir = config.data_dir.clone();
     let gw = Gw::start(config.clone()).await;
     let ids: Vec<CorrelationId> = (0..50).map(|_| CorrelationId::random()).collect();
     for id in &ids {
@@ -124,8 +133,7 @@ async fn an_evicted_payment_is_answered_as_before_and_never_forwarded_again() {
     eventually_books_agree(&http, &gw.url, &sims).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(default.sim.payment_requests() + fallback.sim.payment_requests(), forwarded + 10);
-    gw.stop().await;
-    let _ = std::fs::remove_dir_all(dir);
+    gw.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -136,7 +144,6 @@ async fn the_hot_table_never_grows_past_its_start_up_capacity() {
     let mut config = gateway_config(&sims);
     config.pending_max = 64;
     config.hot_max = 32;
-    let dir = config.data_dir.clone();
     let gw = Gw::start(config).await;
     let capacity = gw.gauge(&http, "paygate_ledger_hot_capacity").await;
     assert!(capacity >= 96.0, "sized for pending_max + hot_max at start: {capacity}");
@@ -169,8 +176,7 @@ async fn the_hot_table_never_grows_past_its_start_up_capacity() {
     eventually_books_agree(&http, &gw.url, &sims).await;
     gw.wait_hot(&http, 32.0).await;
     assert_eq!(gw.gauge(&http, "paygate_ledger_hot_capacity").await, capacity);
-    gw.stop().await;
-    let _ = std::fs::remove_dir_all(dir);
+    gw.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -180,7 +186,6 @@ async fn settled_payments_leave_memory_after_the_hot_window() {
     let http = Http::default();
     let mut config = gateway_config(&sims);
     config.hot_window = Duration::from_millis(300);
-    let dir = config.data_dir.clone();
     let gw = Gw::start(config).await;
     for _ in 0..20 {
         assert_eq!(http.pay(&gw.url, CorrelationId::random(), "3.00").await, StatusCode::ACCEPTED);
@@ -189,8 +194,7 @@ async fn settled_payments_leave_memory_after_the_hot_window() {
     // Well below --hot-max, they leave by age (the idle ledger checks every second).
     gw.wait_hot(&http, 0.0).await;
     eventually_books_agree(&http, &gw.url, &sims).await;
-    gw.stop().await;
-    let _ = std::fs::remove_dir_all(dir);
+    gw.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -199,7 +203,6 @@ async fn purge_clears_the_history_too() {
     let sims = [("default", &default), ("fallback", &fallback)];
     let http = Http::default();
     let config = evicting_config(&sims);
-    let dir = config.data_dir.clone();
     let gw = Gw::start(config.clone()).await;
     let old = CorrelationId::random();
     assert_eq!(http.pay(&gw.url, old, "7.00").await, StatusCode::ACCEPTED);
@@ -222,8 +225,7 @@ async fn purge_clears_the_history_too() {
     let gw = Gw::start(config).await;
     eventually(Duration::from_secs(10), "restarted", || async { http.get(&format!("{}/health", gw.url)).await.0 == StatusCode::OK }).await;
     assert_eq!(totals_of(&http.gateway_summary(&gw.url, "").await, "default"), (1, 800));
-    gw.stop().await;
-    let _ = std::fs::remove_dir_all(dir);
+    gw.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -235,7 +237,6 @@ async fn the_summary_is_exact_over_random_windows_spanning_evicted_and_hot_payme
     // The newest 40 stay in memory, the rest leave it: windows cross that boundary.
     config.hot_max = 40;
     config.max_defer = Duration::ZERO;
-    let dir = config.data_dir.clone();
     let gw = Gw::start(config).await;
     let started = paygate::domain::UtcMillis::now().0;
     let mut rng = fastrand::Rng::with_seed(15);
@@ -268,6 +269,5 @@ async fn the_summary_is_exact_over_random_windows_spanning_evicted_and_hot_payme
         let window = format!("?from={}&to={}", at(from), at(to));
         assert_eq!(audit(&http, &gw.url, &sims, &window).await, Vec::<String>::new(), "window {window}");
     }
-    gw.stop().await;
-    let _ = std::fs::remove_dir_all(dir);
+    gw.finish().await;
 }

@@ -170,27 +170,26 @@ enum Msg {
 
 /// The id filter a thread is building at open.
 pub struct PendingFilter {
-    rx: std::sync::Mutex<Option<oneshot::Receiver<IdFilter>>>,
-    built: std::sync::OnceLock<Option<IdFilter>>,
+    rx: Option<oneshot::Receiver<IdFilter>>,
+    /// Kept by [`PendingFilter::may_contain`] once it waited.
+    built: Option<IdFilter>,
 }
 
 impl PendingFilter {
     /// The filter, if it is built (never blocks); `None` again after it was taken once.
     pub fn try_take(&mut self) -> Option<IdFilter> {
-        let rx = self.rx.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let f = rx.as_mut()?.try_recv().ok()?;
-        *rx = None;
+        let f = self.rx.as_mut()?.try_recv().ok()?;
+        self.rx = None;
         Some(f)
     }
 
-    /// Waits for the filter (for tools and tests; never on the ledger's task). Whether `id`
+    /// Waits for the filter (for tools and tests; never on a runtime's thread). Whether `id`
     /// may be in the history; true when the filter could not be built.
-    pub fn may_contain(&self, id: u128) -> bool {
-        let f = self.built.get_or_init(|| {
-            let rx = self.rx.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
-            rx.and_then(|rx| rx.blocking_recv().ok())
-        });
-        f.as_ref().is_none_or(|f| f.may_contain(id))
+    pub fn may_contain(&mut self, id: u128) -> bool {
+        if let Some(rx) = self.rx.take() {
+            self.built = rx.blocking_recv().ok();
+        }
+        self.built.as_ref().is_none_or(|f| f.may_contain(id))
     }
 }
 
@@ -230,7 +229,7 @@ impl History {
         // it does not hold (correct, one disk read more per new payment) and keeps the ids it
         // evicts meanwhile for the filter.
         let (filter_tx, filter_rx) = oneshot::channel();
-        let filter = PendingFilter { rx: std::sync::Mutex::new(Some(filter_rx)), built: std::sync::OnceLock::new() };
+        let filter = PendingFilter { rx: Some(filter_rx), built: None };
         std::thread::Builder::new()
             .name("history-filter".into())
             .spawn(move || {

@@ -454,13 +454,8 @@ impl LedgerHandle {
     /// Resolves once every command sent before it is applied and its events are durable
     /// (the last step of a graceful shutdown).
     pub async fn flush(&self) -> Result<Result<(), JournalError>, Stopped> {
-        let flushed = self.ask(|reply| Command::Flush { reply }).await?;
-        // Not needed for safety (a restart moves journaled outcomes into the history), only
-        // for a shorter restart.
-        if let Err(e) = self.history.flush().await {
-            tracing::warn!(error = %e, "final history commit failed; the next start redoes it from the journal");
-        }
-        Ok(flushed)
+        // The history commits what it holds when it is closed (`History::close`).
+        self.ask(|reply| Command::Flush { reply }).await
     }
 }
 
@@ -767,25 +762,25 @@ impl Ledger {
     /// Handles `cmd`, timing it for `/metrics` (the single writer's stalls show there); a
     /// command over [`SLOW_COMMAND_MS`] is logged with its kind (at most once per 30 s).
     fn timed(&mut self, cmd: Command) {
-        match self.metrics.clone() {
-            Some(m) => {
-                let kind = cmd.kind();
-                let started = std::time::Instant::now();
-                self.handle(cmd);
-                let took = started.elapsed();
-                m.ledger_command(took);
-                if took >= Duration::from_millis(SLOW_COMMAND_MS)
-                    && let Some(suppressed) = self.slow_log.allow()
-                {
-                    tracing::warn!(
-                        kind,
-                        us = took.as_micros() as u64,
-                        suppressed,
-                        "slow ledger command (its thread may also have been descheduled)"
-                    );
-                }
-            }
-            None => self.handle(cmd),
+        if self.metrics.is_none() {
+            return self.handle(cmd);
+        }
+        let kind = cmd.kind();
+        let started = std::time::Instant::now();
+        self.handle(cmd);
+        let took = started.elapsed();
+        if let Some(m) = &self.metrics {
+            m.ledger_command(took);
+        }
+        if took >= Duration::from_millis(SLOW_COMMAND_MS)
+            && let Some(suppressed) = self.slow_log.allow()
+        {
+            tracing::warn!(
+                kind,
+                us = took.as_micros() as u64,
+                suppressed,
+                "slow ledger command (its thread may also have been descheduled)"
+            );
         }
     }
 
@@ -881,8 +876,11 @@ impl Ledger {
                 self.history.purge(done);
                 let me = self.self_tx.clone();
                 tokio::spawn(async move {
+                    let emptied = emptied.await;
+                    // Upgraded only now: a purge waiting on the history must not keep the
+                    // ledger's queue open at shutdown.
                     let Some(me) = me.upgrade() else { return };
-                    match emptied.await {
+                    match emptied {
                         Ok(Ok(())) => {
                             let _ = me.send(Command::PurgeJournal { reply }).await;
                         }
