@@ -119,6 +119,18 @@ pub struct ServeArgs {
     /// so that load balancers take the gateway out of rotation before it stops.
     #[arg(long, env = "PAYGATE_DRAIN_MS", default_value_t = DRAIN_MS)]
     pub drain_ms: u64,
+    /// PostgreSQL connection string (libpq URL or key=value form; several hosts allowed, with
+    /// `target_session_attrs=read-write` to follow a failover). Set: cluster mode, the books
+    /// live in the database and `--data-dir` is unused. Unset: the embedded journal.
+    #[arg(long, env = "PAYGATE_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// This instance's name in the cluster (default: hostname:port).
+    #[arg(long, env = "PAYGATE_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+    /// How long an instance may go without renewing its lease before the others take over its
+    /// payments, ms (default: the upstream timeout plus 2 000).
+    #[arg(long, env = "PAYGATE_LEASE_MS", value_parser = clap::value_parser!(u64).range(MIN_LEASE_MS..=3_600_000))]
+    pub lease_ms: Option<u64>,
     /// Log lines as plain `text` or `json` (one object per line).
     #[arg(long, env = "PAYGATE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -158,7 +170,18 @@ pub struct GatewayConfig {
     /// Between the shutdown signal and the end of accepting: `/health` answers 503 while
     /// payments are still served. Zero in [`GatewayConfig::with_processors`].
     pub drain: Duration,
+    /// Cluster mode's database; `None`: the embedded journal.
+    pub database_url: Option<String>,
+    /// `None`: hostname and listen port.
+    pub instance_id: Option<String>,
+    pub lease: Duration,
 }
+
+/// Shortest `--lease-ms`: heartbeats go four times per lease.
+pub const MIN_LEASE_MS: u64 = 200;
+/// What `--lease-ms` adds to the upstream timeout by default: a paused instance's last request
+/// has timed out before anyone takes its payment over.
+pub const LEASE_MARGIN_MS: u64 = 2_000;
 
 /// The most processors a gateway can route between.
 pub const MAX_PROCESSORS: usize = 16;
@@ -315,6 +338,9 @@ impl TryFrom<ServeArgs> for GatewayConfig {
             body_timeout: Duration::from_millis(a.body_timeout_ms),
             max_connections: a.max_connections,
             drain: Duration::from_millis(a.drain_ms),
+            database_url: a.database_url.filter(|u| !u.trim().is_empty()),
+            instance_id: a.instance_id.filter(|i| !i.trim().is_empty()),
+            lease: Duration::from_millis(a.lease_ms.unwrap_or(a.upstream_timeout_ms.saturating_add(LEASE_MARGIN_MS))),
         })
     }
 }

@@ -11,6 +11,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::api::Api;
+use crate::books::Books;
+use crate::cluster::ClusterConfig;
 use crate::config::GatewayConfig;
 use crate::dispatch::{SendGate, Shared, WorkQueue};
 use crate::journal::{FileOptions, Journal};
@@ -63,14 +65,50 @@ pub async fn run_with(
     let probe_timeout = config.upstream_timeout + Duration::from_millis(PROBE_MARGIN_MS);
     let router = Arc::new(Router::new(upstreams, config.max_defer, probe_timeout));
     let (queue, queue_rx) = WorkQueue::new(metrics.clone());
-    let (journal, state, restore, opened) = open_journal(&config, metrics.as_ref().map(|m| m.journal.clone())).await?;
-    let all_names = state.names().to_vec();
-    let limits = LedgerLimits { pending_max: config.pending_max, hot_max: config.hot_max, hot_window: config.hot_window };
-    let route_at_accept = config.route_at_accept.then(|| router.clone());
-    let history = opened.history.clone();
-    let (ledger, ledger_task) =
-        Ledger::spawn(state, journal, queue.clone(), limits, restore, metrics.clone(), route_at_accept, opened.history, opened.filter);
     let sends = Arc::new(SendGate::default());
+    let (ledger, background, history, all_names) = match &config.database_url {
+        Some(url) => {
+            let instance_id = config.instance_id.clone().unwrap_or_else(|| default_instance_id(&listener));
+            let cluster = ClusterConfig {
+                database_url: url.clone(),
+                instance_id,
+                lease: config.lease,
+                health_interval: config.health_interval,
+                purge_timeout: config.lease + config.upstream_timeout + Duration::from_millis(PROBE_MARGIN_MS),
+            };
+            let (handle, tasks) = crate::cluster::start(
+                cluster,
+                configured.clone(),
+                queue.clone(),
+                router.clone(),
+                config.route_at_accept,
+                config.pending_max,
+                sends.clone(),
+                metrics.clone(),
+            )
+            .await?;
+            (Books::Cluster(handle), tasks, None, configured.clone())
+        }
+        None => {
+            let (journal, state, restore, opened) = open_journal(&config, metrics.as_ref().map(|m| m.journal.clone())).await?;
+            let all_names = state.names().to_vec();
+            let limits = LedgerLimits { pending_max: config.pending_max, hot_max: config.hot_max, hot_window: config.hot_window };
+            let route_at_accept = config.route_at_accept.then(|| router.clone());
+            let history = opened.history.clone();
+            let (ledger, ledger_task) = Ledger::spawn(
+                state,
+                journal,
+                queue.clone(),
+                limits,
+                restore,
+                metrics.clone(),
+                route_at_accept,
+                opened.history,
+                opened.filter,
+            );
+            (Books::Embedded(ledger), vec![ledger_task], Some(history), all_names)
+        }
+    };
     let shared = Arc::new(Shared {
         router: router.clone(),
         ledger: ledger.clone(),
@@ -79,7 +117,9 @@ pub async fn run_with(
         metrics: metrics.clone(),
     });
     let workers = dispatch::spawn(config.dispatch_workers, queue_rx, shared);
-    let mut monitors = processor::health::spawn(router.clone(), config.health_interval);
+    // In a cluster, one instance at a time calls each health endpoint (`cluster::health`).
+    let mut monitors =
+        if ledger.cluster().is_some() { Vec::new() } else { processor::health::spawn(router.clone(), config.health_interval) };
     monitors.extend((0..router.upstreams().len()).map(|idx| {
         let router = router.clone();
         tokio::spawn(async move { router.probe_forever(idx as ProcessorIdx).await })
@@ -142,13 +182,29 @@ pub async fn run_with(
     // too, so the next start has fewer payments to resolve again.
     match tokio::time::timeout(Duration::from_millis(FINAL_FLUSH_MS), api.ledger.flush()).await {
         Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "final journal flush failed; the next start resolves what it lost"),
-        Ok(Err(_)) | Err(_) => tracing::warn!("final journal flush did not finish; the next start resolves what it lost"),
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "final flush failed; the next start resolves what it lost"),
+        Ok(Err(_)) | Err(_) => tracing::warn!("final flush did not finish; the next start resolves what it lost"),
     }
-    ledger_task.abort();
-    tokio::task::spawn_blocking(move || history.close()).await.map_err(|e| e.to_string())?;
+    for t in background {
+        t.abort();
+    }
+    if let Some(history) = history {
+        tokio::task::spawn_blocking(move || history.close()).await.map_err(|e| e.to_string())?;
+    }
     tracing::info!("paygate stopped");
     Ok(())
+}
+
+/// This instance's name in a cluster when `--instance-id` is not given: hostname and port.
+fn default_instance_id(listener: &TcpListener) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "paygate".into());
+    let port = listener.local_addr().map_or(0, |a| a.port());
+    format!("{host}:{port}")
 }
 
 /// Recovers the ledger's state from the data directory, moves its processed payments into the
@@ -243,7 +299,13 @@ async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>, api: Arc<Ap
                 metrics.hot_payments.set(b.hot as i64);
                 metrics.hot_capacity.set(b.hot_capacity as i64);
                 metrics.filter_bytes.set(b.filter_bytes as i64);
-                metrics.history_cache_bytes.set(api.ledger.history_cache_bytes() as i64);
+                if let Some(l) = api.ledger.embedded() {
+                    metrics.history_cache_bytes.set(l.history_cache_bytes() as i64);
+                }
+                if let Some(c) = api.ledger.cluster() {
+                    metrics.cluster.sessions.set(c.sessions());
+                    metrics.cluster.lease_held.set(i64::from(c.lease_held()));
+                }
             }
             for (i, u) in api.router.upstreams().iter().enumerate() {
                 metrics.set_pinned(i, u.pinned.load(Ordering::Relaxed));

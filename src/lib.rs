@@ -2,6 +2,8 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod books;
+pub mod cluster;
 pub mod config;
 pub mod dispatch;
 pub mod domain;

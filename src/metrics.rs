@@ -69,6 +69,17 @@ pub struct Metrics {
     /// Memory of the ledger's id filter and of the history's page cache.
     pub filter_bytes: Gauge,
     pub history_cache_bytes: Gauge,
+    pub cluster: ClusterMetrics,
+}
+
+/// What cluster mode records (zero in embedded mode).
+#[derive(Clone, Debug)]
+pub struct ClusterMetrics {
+    pub commit_ops: Histogram,
+    pub commit_seconds: Histogram,
+    pub sessions: Gauge,
+    pub lease_held: Gauge,
+    pub takeovers: Counter,
 }
 
 /// What the journal writer records, on its own thread.
@@ -187,7 +198,25 @@ impl Metrics {
             hot_capacity.clone(),
         );
 
+        let cluster = ClusterMetrics {
+            commit_ops: Histogram::new(BATCH_BUCKETS),
+            commit_seconds: Histogram::new(LATENCY_BUCKETS_S),
+            sessions: Gauge::default(),
+            lease_held: Gauge::default(),
+            takeovers: Counter::default(),
+        };
+        registry.register(
+            "cluster_commit_operations",
+            "Acceptances, intents and outcomes written by one statement (one commit) in cluster mode",
+            cluster.commit_ops.clone(),
+        );
+        registry.register("cluster_commit_duration_seconds", "Time of one batch statement, sent to answered", cluster.commit_seconds.clone());
+        registry.register("cluster_db_sessions", "Database connections open now", cluster.sessions.clone());
+        registry.register("cluster_lease_held", "1 while this instance holds a live lease", cluster.lease_held.clone());
+        registry.register("cluster_takeovers", "Payments taken over from instances whose lease expired", cluster.takeovers.clone());
+
         Metrics {
+            cluster,
             ledger_command_seconds,
             ledger_command_max_ns,
             hot_payments,

@@ -17,13 +17,14 @@ use crate::domain::money::write_cents;
 use crate::domain::time::Rounding;
 use crate::domain::{CorrelationId, UtcMillis};
 use crate::http::{Body, BodyError, json, push_json_str, query_param, read_body};
-use crate::ledger::{AcceptError, LedgerHandle, Status};
+use crate::books::Books;
+use crate::ledger::{AcceptError, Status};
 use crate::processor::ProcessorIdx;
 use crate::processor::router::Router;
 
 /// What the handlers share.
 pub struct Api {
-    pub ledger: LedgerHandle,
+    pub ledger: Books,
     /// Processor names, cheapest first, as the summary reports them.
     pub processor_names: Vec<String>,
     /// Every processor the ledger knows, configured or only in its history, by index.
@@ -176,7 +177,10 @@ impl Api {
         };
         let from = bound("from", Rounding::Ceil)?;
         let to = bound("to", Rounding::Floor)?;
-        let totals = self.ledger.summary(from, to).await.map_err(|_| ApiError::ShuttingDown)?;
+        let totals = self.ledger.summary(from, to).await.map_err(|_| ApiError::ShuttingDown)?.map_err(|e| {
+            tracing::error!(error = %e, "summary read failed");
+            ApiError::JournalUnavailable
+        })?;
         let mut out = Vec::with_capacity(64 * totals.len() + 2);
         out.push(b'{');
         for (i, (name, t)) in self.processor_names.iter().zip(&totals).enumerate() {
@@ -213,15 +217,15 @@ impl Api {
         }
         // Settle every request on the wire first, and send none until the purge is durable, so
         // that no payment of the purged books lands at a processor after we answer.
-        let paused = self.sends.pause().await;
-        let purged = self.ledger.purge().await.map_err(|_| ApiError::ShuttingDown)?;
-        drop(paused);
-        match purged {
+        match self.ledger.purge(&self.sends).await.map_err(|_| ApiError::ShuttingDown)? {
             Ok(()) => {
                 tracing::info!("all payments purged by admin request");
                 Ok(json(StatusCode::OK, &b"{\"message\":\"all payments purged\"}"[..]))
             }
-            Err(_) => Err(ApiError::JournalUnavailable),
+            Err(e) => {
+                tracing::error!(error = %e, "purge failed");
+                Err(ApiError::JournalUnavailable)
+            }
         }
     }
 
@@ -249,17 +253,27 @@ impl Api {
             let pinned = u.pinned.load(Ordering::Relaxed);
             out.extend_from_slice(format!(":{{\"breaker\":\"{phase}\",\"pinned\":{pinned}}}").as_bytes());
         }
-        let j = &self.ledger.stats;
-        out.extend_from_slice(
-            format!(
+        let tail = match &self.ledger {
+            Books::Embedded(l) => format!(
                 "}},\"workItems\":{},\"journal\":{{\"repairs\":{},\"rebuilds\":{},\"requeued\":{}}}}}",
                 self.queue.live(),
-                j.repairs.load(Ordering::Relaxed),
-                j.rebuilds.load(Ordering::Relaxed),
-                j.requeued.load(Ordering::Relaxed)
-            )
-            .as_bytes(),
-        );
+                l.stats.repairs.load(Ordering::Relaxed),
+                l.stats.rebuilds.load(Ordering::Relaxed),
+                l.stats.requeued.load(Ordering::Relaxed)
+            ),
+            Books::Cluster(c) => {
+                let mut instance = Vec::new();
+                push_json_str(&mut instance, c.instance());
+                format!(
+                    "}},\"workItems\":{},\"cluster\":{{\"instance\":{},\"epoch\":{},\"takenOver\":{}}}}}",
+                    self.queue.live(),
+                    String::from_utf8_lossy(&instance),
+                    c.epoch(),
+                    c.takeovers()
+                )
+            }
+        };
+        out.extend_from_slice(tail.as_bytes());
         out
     }
 }

@@ -17,7 +17,8 @@ use tokio::task::JoinHandle;
 
 use crate::domain::UtcMillis;
 pub use crate::ledger::queue::{WorkQueue, WorkReceiver};
-use crate::ledger::{IntentError, LedgerHandle, Settled, Work};
+use crate::books::Books;
+use crate::ledger::{IntentError, Settled, Work};
 use crate::metrics::Metrics;
 use crate::processor::breaker::Permit;
 use crate::processor::router::Router;
@@ -43,7 +44,7 @@ impl SendGate {
 /// What workers and resolvers share.
 pub struct Shared {
     pub router: Arc<Router>,
-    pub ledger: LedgerHandle,
+    pub ledger: Books,
     pub sends: Arc<SendGate>,
     pub queue: WorkQueue,
     pub metrics: Option<Arc<Metrics>>,

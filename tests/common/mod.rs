@@ -2,6 +2,7 @@
 //! client, and exact summary comparison.
 #![allow(dead_code)]
 
+pub mod pg;
 pub mod procs;
 
 use std::time::Duration;
