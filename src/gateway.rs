@@ -188,6 +188,9 @@ pub async fn run_with(
     for t in background {
         t.abort();
     }
+    if let Some(c) = api.ledger.cluster() {
+        c.release().await;
+    }
     if let Some(history) = history {
         tokio::task::spawn_blocking(move || history.close()).await.map_err(|e| e.to_string())?;
     }

@@ -43,8 +43,6 @@ impl Cluster {
             "serve",
             "--listen",
             "127.0.0.1:0",
-            "--metrics-listen",
-            "off",
             "--data-dir",
             data.to_str().unwrap(),
             "--admin-token",
@@ -61,6 +59,9 @@ impl Cluster {
         args.extend(["--processor".into(), format!("default={}", self.default.url)]);
         args.extend(["--processor".into(), format!("fallback={}", self.fallback.url)]);
         args.extend(["--database-url".into(), self.pg.url(), "--instance-id".into(), name.into()]);
+        if !extra.contains(&"--metrics-listen") {
+            args.extend(["--metrics-listen".into(), "off".into()]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         args
     }
@@ -153,4 +154,100 @@ async fn two_instances_share_one_set_of_books() {
         }
     }
     drop(c);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_instances_call_each_health_endpoint_at_most_once_per_window() {
+    let c = Cluster::start(3).await;
+    let http = Http::default();
+    // Payments flow meanwhile, so every instance's router is in use.
+    let started = Instant::now();
+    let mut i = 0;
+    while started.elapsed() < Duration::from_secs(13) {
+        assert_eq!(post(&http, &c.url(i % 3), CorrelationId::random(), "1.00").await, StatusCode::ACCEPTED);
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (name, sim) in c.sims() {
+        let log = sim.sim.health_log();
+        assert!(log.len() >= 2, "{name}: the cluster called the health endpoint {} times in 13 s", log.len());
+        let refused: Vec<_> = log.iter().filter(|(_, wait)| wait.is_some()).collect();
+        assert!(refused.is_empty(), "{name}: {} calls were refused with 429 (too close together)", refused.len());
+        for pair in log.windows(2) {
+            let gap = pair[1].0 - pair[0].0;
+            assert!(gap >= Duration::from_secs(5), "{name}: two health calls {gap:?} apart");
+        }
+    }
+    books_agree_everywhere(&http, &c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_purge_from_one_instance_purges_the_cluster() {
+    let c = Cluster::start(2).await;
+    let http = Http::default();
+    let (a, b) = (c.url(0), c.url(1));
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        let id = CorrelationId::random();
+        assert_eq!(post(&http, if i % 2 == 0 { &a } else { &b }, id, "3.00").await, StatusCode::ACCEPTED);
+        ids.push(id);
+    }
+    books_agree_everywhere(&http, &c).await;
+    let (status, _) =
+        http.send(Method::POST, &format!("{a}/purge-payments"), &[("x-admin-token", ADMIN_TOKEN)], String::new()).await;
+    assert_eq!(status, StatusCode::OK);
+    for url in [&a, &b] {
+        let s = http.gateway_summary(url, "").await;
+        assert_eq!(common::totals_of(&s, "default"), (0, 0), "{url}: {s}");
+        assert_eq!(common::totals_of(&s, "fallback"), (0, 0), "{url}: {s}");
+        let (status, _) = http.get(&format!("{url}/payments/{}", ids[1])).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{url} still knows a purged payment");
+    }
+    // The purged ids are free again, on either instance, and the books start over.
+    for (i, id) in ids.iter().take(10).enumerate() {
+        assert_eq!(post(&http, if i % 2 == 0 { &b } else { &a }, *id, "5.00").await, StatusCode::ACCEPTED);
+    }
+    // The processors' own books still hold the first 40; only the new 10 are ours now.
+    eventually(Duration::from_secs(15), "the ten new payments to be processed", || async {
+        let s = http.gateway_summary(&a, "").await;
+        common::totals_of(&s, "default").0 + common::totals_of(&s, "fallback").0 == 10
+    })
+    .await;
+    let s = http.gateway_summary(&b, "").await;
+    let total = common::totals_of(&s, "default").1 + common::totals_of(&s, "fallback").1;
+    assert_eq!(total, 10 * 500, "{s}");
+}
+
+/// A free loopback port (bound and released: another process could take it, tests accept that).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_instance_holds_only_the_payments_it_is_forwarding() {
+    let mut c = Cluster::start(0).await;
+    let port = free_port();
+    let metrics = format!("127.0.0.1:{port}");
+    let url = c.add_instance(&["--metrics-listen", &metrics]).await;
+    let http = Http::default();
+    for _ in 0..300 {
+        assert_eq!(post(&http, &url, CorrelationId::random(), "2.50").await, StatusCode::ACCEPTED);
+    }
+    books_agree_everywhere(&http, &c).await;
+    let gauge = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics"))
+    };
+    eventually(Duration::from_secs(10), "the instance to hold no settled payment", || async {
+        let (_, text) = http.get(&format!("http://{metrics}/metrics")).await;
+        let text = String::from_utf8_lossy(&text).to_string();
+        gauge(&text, "paygate_ledger_hot_payments") == 0.0 && gauge(&text, "paygate_cluster_lease_held") == 1.0
+    })
+    .await;
+    // Lookups of payments it no longer holds are the database's.
+    let s = http.gateway_summary(&url, "").await;
+    assert_eq!(common::totals_of(&s, "default").0 + common::totals_of(&s, "fallback").0, 300);
 }

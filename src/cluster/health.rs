@@ -17,11 +17,12 @@ use crate::processor::router::Router;
 pub const READ_EVERY_MS: u64 = 1_000;
 /// A claim older than this by the time the call would start (the process was paused, the
 /// database slow) is given up: another instance may claim and call meanwhile.
-pub const CLAIM_FRESH_MS: u64 = 300;
+pub const CLAIM_FRESH_MS: u64 = 100;
 
 pub async fn run(inner: Arc<Inner>, db: Arc<Db>, router: Arc<Router>) {
-    // Claims one margin past the interval, and the margin again for a late claimer's call.
-    let interval_ms = (inner.config.health_interval.as_millis() as u64 + 2 * HEALTH_MARGIN_MS) as i64;
+    // Claims are the interval plus margins apart by the database's clock; a call goes out at
+    // most CLAIM_FRESH_MS after its claim, so two calls are never closer than the interval.
+    let interval_ms = (inner.config.health_interval.as_millis() as u64 + 3 * HEALTH_MARGIN_MS) as i64;
     let mut seen: Vec<Option<i64>> = vec![None; inner.names.len()];
     loop {
         tokio::time::sleep(Duration::from_millis(READ_EVERY_MS)).await;

@@ -150,7 +150,7 @@ async fn take_over(inner: &Arc<Inner>, s: &Session, epoch: i64) -> Result<(), su
                 _ => Status::Pending,
             };
             let held = Held { cents, accepted_at: UtcMillis(accepted_at), status, ticket: 0 };
-            inner.adopt(epoch, CorrelationId(id.as_u128()), held, false);
+            inner.adopt(epoch, CorrelationId(id.as_u128()), held, false, false);
         }
         inner.takeovers.fetch_add(n as u64, Ordering::Relaxed);
         if let Some(m) = &inner.metrics {
@@ -169,6 +169,10 @@ async fn take_over(inner: &Arc<Inner>, s: &Session, epoch: i64) -> Result<(), su
 /// what the writer holds, hold acceptances, say so, and wait for the purge to be done.
 async fn participate(handle: ClusterHandle, g: i64) {
     let inner = handle.inner.clone();
+    // Once per purge, whether the heartbeat or the purging request saw it first.
+    if inner.purge_joined.fetch_max(g, Ordering::AcqRel) >= g {
+        return;
+    }
     let paused = inner.sends.pause().await;
     inner.purging.send_replace(true);
     let _ = handle.flush().await;
@@ -237,5 +241,19 @@ pub async fn purge(handle: &ClusterHandle) -> Result<(), String> {
     // Answer once this instance applied it too.
     let mut purging = inner.purging.subscribe();
     let _ = tokio::time::timeout(Duration::from_secs(5), purging.wait_for(|p| !*p)).await;
+    Ok(())
+}
+
+/// Hands this incarnation's payments over at once (a graceful stop): deletes its lease, so the
+/// next heartbeat of any other instance takes its unsettled payments.
+pub async fn release(handle: &ClusterHandle) -> Result<(), super::DbError> {
+    let inner = &handle.inner;
+    let epoch = inner.epoch.swap(0, Ordering::AcqRel);
+    if epoch == 0 {
+        return Ok(());
+    }
+    let s = handle.reader.session().await?;
+    timed(s.client.execute("DELETE FROM paygate_leases WHERE epoch = $1 AND owner = $2", &[&epoch, &inner.instance])).await?;
+    tracing::info!(epoch, "lease released; other instances take over what was unsettled here");
     Ok(())
 }

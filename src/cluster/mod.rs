@@ -81,6 +81,8 @@ pub struct Inner {
     pub config: ClusterConfig,
     db_log: std::sync::Mutex<crate::logs::LogLimiter>,
     pub takeovers: AtomicU64,
+    /// The newest purge this instance has joined.
+    purge_joined: AtomicI64,
     /// Database sessions open now.
     sessions: Arc<AtomicI64>,
 }
@@ -91,7 +93,8 @@ impl Inner {
     }
 
     /// Takes a payment this instance now owns under `epoch` and hands it to dispatch.
-    pub fn adopt(&self, epoch: i64, id: CorrelationId, mut held: Held, fresh: bool) {
+    /// `accepted`: just accepted (counted as such), not taken over.
+    pub fn adopt(&self, epoch: i64, id: CorrelationId, mut held: Held, fresh: bool, accepted: bool) {
         if self.epoch.load(Ordering::Acquire) != epoch {
             // Fenced meanwhile: whoever takes the epoch's payments over forwards it.
             return;
@@ -104,7 +107,7 @@ impl Inner {
         };
         let work = Work { id, cents: held.cents, accepted_at: held.accepted_at, ticket: held.ticket, generation, pinned, fresh };
         self.lock().insert(id.0, held);
-        if fresh || pinned.is_none() { self.queue.push_accepted(work) } else { self.queue.push(work) }
+        if accepted { self.queue.push_accepted(work) } else { self.queue.push(work) }
     }
 
     pub fn mark_sent(&self, work: Work, processor: ProcessorIdx, requested_at: UtcMillis) {
@@ -161,6 +164,7 @@ pub struct ClusterHandle {
 }
 
 /// Starts cluster mode: migrations, the lease, the writer and the shared health monitor.
+#[allow(clippy::too_many_arguments)]
 pub async fn start(
     config: ClusterConfig,
     names: Vec<String>,
@@ -217,6 +221,7 @@ pub async fn start(
         config: config.clone(),
         db_log: std::sync::Mutex::new(crate::logs::LogLimiter::new(Duration::from_millis(10_000))),
         takeovers: AtomicU64::new(0),
+        purge_joined: AtomicI64::new(0),
         sessions: open,
     });
     lease::register(&inner, &session).await.map_err(|e| format!("cannot register this instance: {e}"))?;
@@ -412,6 +417,13 @@ impl ClusterHandle {
     /// (and its acceptances), then the payments are deleted in one transaction.
     pub async fn purge(&self) -> Result<Result<(), String>, Stopped> {
         Ok(lease::purge(self).await)
+    }
+
+    /// Gives this instance's unsettled payments to the others now (graceful stop).
+    pub async fn release(&self) {
+        if let Err(e) = lease::release(self).await {
+            tracing::warn!(error = %e, "could not release the lease; others take over when it expires");
+        }
     }
 
     pub fn instance(&self) -> &str {

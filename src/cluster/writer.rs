@@ -108,13 +108,18 @@ pub async fn run(inner: Arc<Inner>, db: Db, mut rx: mpsc::UnboundedReceiver<Op>)
         // waits for the next statement, keeping each payment's operations in order).
         let mut batch = Batch::default();
         let mut later: VecDeque<Op> = VecDeque::new();
+        let mut later_ids: FxHashSet<u128> = FxHashSet::default();
         while let Some(op) = deferred.pop_front() {
             if batch.ops.len() >= MAX_BATCH {
+                later_ids.extend(op.id());
                 later.push_back(op);
                 continue;
             }
             match op.id() {
-                Some(id) if batch.ids.contains(&id) || later.iter().any(|o| o.id() == Some(id)) => later.push_back(op),
+                Some(id) if batch.ids.contains(&id) || later_ids.contains(&id) => {
+                    later_ids.insert(id);
+                    later.push_back(op);
+                }
                 Some(id) => {
                     batch.ids.insert(id);
                     batch.ops.push(op);
@@ -276,17 +281,15 @@ fn answer(inner: &Arc<Inner>, epoch: i64, ops: Vec<Op>, rows: Rows) {
                 let a = rows.accepted.get(&id.0).copied().unwrap_or(Accepted::Unavailable);
                 if a == Accepted::Inserted {
                     let pinned = routed.then_some((0, accepted_at));
-                    inner.adopt(epoch, id, Held { cents, accepted_at, status: to_status(pinned), ticket: 0 }, routed);
+                    inner.adopt(epoch, id, Held { cents, accepted_at, status: to_status(pinned), ticket: 0 }, routed, true);
                 }
                 let _ = reply.send(a);
             }
             Op::Intent { work, processor, requested_at, reply } => {
+                // Not taken: no longer pending under our epoch (purged, taken over, fenced).
                 let r = if rows.took.contains(&work.id.0) {
                     inner.mark_sent(work, processor, requested_at);
                     Ok(())
-                } else if rows.lease_held {
-                    // Not pending any more under our epoch: purged or taken over.
-                    Err(IntentError::Stale)
                 } else {
                     Err(IntentError::Stale)
                 };
@@ -330,6 +333,9 @@ fn refuse(ops: Vec<Op>) -> Vec<Op> {
     keep
 }
 
+/// A payment's row as read back: cents, status, processor, requested_at, epoch.
+type RowState = (i64, i16, Option<String>, Option<i64>, i64);
+
 /// The answer was lost: reconnect (with backoff) and read back every payment the batch
 /// touched before answering anything.
 async fn reread(inner: &Arc<Inner>, db: &Db, epoch: i64, ops: Vec<Op>) -> Vec<Op> {
@@ -356,7 +362,7 @@ async fn reread(inner: &Arc<Inner>, db: &Db, epoch: i64, ops: Vec<Op>) -> Vec<Op
             }
         }
     };
-    let mut rows: rustc_hash::FxHashMap<u128, (i64, i16, Option<String>, Option<i64>, i64)> = Default::default();
+    let mut rows: rustc_hash::FxHashMap<u128, RowState> = Default::default();
     for r in found {
         let id: uuid::Uuid = r.get(0);
         rows.insert(id.as_u128(), (r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)));
@@ -369,7 +375,7 @@ async fn reread(inner: &Arc<Inner>, db: &Db, epoch: i64, ops: Vec<Op>) -> Vec<Op
                     // Ours (our epoch): the insert committed.
                     Some((c, _, _, _, e)) if *e == epoch && *c == cents.get() as i64 => {
                         let pinned = routed.then_some((0, accepted_at));
-                        inner.adopt(epoch, id, Held { cents, accepted_at, status: to_status(pinned), ticket: 0 }, routed);
+                        inner.adopt(epoch, id, Held { cents, accepted_at, status: to_status(pinned), ticket: 0 }, routed, true);
                         Accepted::Inserted
                     }
                     Some((c, ..)) => Accepted::Existing(*c),
