@@ -298,6 +298,29 @@ impl Db {
         Ok(s)
     }
 
+    /// Runs a read (`pick` names one of the prepared statements) on the current session; a
+    /// read that lost its session is tried once more on a new one, since it changes nothing.
+    pub async fn read(
+        &self,
+        pick: fn(&Statements) -> &Statement,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, DbError> {
+        let mut again = true;
+        loop {
+            let s = self.session().await?;
+            match timed(s.client.query(pick(&s.st), params)).await {
+                Ok(rows) => return Ok(rows),
+                Err(e) if e.needs_new_session(&s) => {
+                    self.reset(&s).await;
+                    if !std::mem::take(&mut again) {
+                        return Err(e);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Drops `session` (if it is still the current one) so that the next call reconnects.
     pub async fn reset(&self, session: &Arc<Session>) {
         let mut slot = self.session.lock().await;

@@ -286,17 +286,7 @@ impl ClusterHandle {
         if let Some(h) = self.inner.lock().get(&id.0) {
             return Ok(Ok(Some(Payment { cents: h.cents, accepted_at: h.accepted_at, status: h.status, ticket: h.ticket })));
         }
-        let read = async {
-            let s = self.reader.session().await?;
-            let rows = timed(s.client.query(&s.st.get, &[&uuid::Uuid::from_u128(id.0)])).await;
-            if let Err(e) = &rows
-                && e.needs_new_session(&s)
-            {
-                self.reader.reset(&s).await;
-            }
-            rows
-        };
-        let rows = match read.await {
+        let rows = match self.reader.read(|st| &st.get, &[&uuid::Uuid::from_u128(id.0)]).await {
             Ok(rows) => rows,
             Err(e) => return Ok(Err(e.to_string())),
         };
@@ -322,17 +312,7 @@ impl ClusterHandle {
         self.flush().await?;
         let (lo, hi) = (from.map_or(i64::MIN, |f| f.0), to.map_or(i64::MAX, |t| t.0));
         let mut out = vec![Totals::default(); self.inner.names.len()];
-        let read = async {
-            let s = self.reader.session().await?;
-            let rows = timed(s.client.query(&s.st.summary, &[&lo, &hi])).await;
-            if let Err(e) = &rows
-                && e.needs_new_session(&s)
-            {
-                self.reader.reset(&s).await;
-            }
-            rows
-        };
-        let rows = match read.await {
+        let rows = match self.reader.read(|st| &st.summary, &[&lo, &hi]).await {
             Ok(rows) => rows,
             Err(e) => return Ok(Err(e.to_string())),
         };

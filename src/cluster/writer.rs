@@ -362,6 +362,7 @@ async fn reread(inner: &Arc<Inner>, db: &Db, epoch: i64, ops: Vec<Op>) -> Vec<Op
             }
         }
     };
+    tracing::info!(payments = ids.len(), attempts = attempt + 1, "commit outcome was unknown; read back from the database");
     let mut rows: rustc_hash::FxHashMap<u128, RowState> = Default::default();
     for r in found {
         let id: uuid::Uuid = r.get(0);
