@@ -99,7 +99,8 @@ pub struct ServeArgs {
     #[arg(long, env = "PAYGATE_METRICS_LISTEN", default_value = "127.0.0.1:9100")]
     pub metrics_listen: String,
     /// Interval between calls to each processor's health endpoint (the processors allow one
-    /// per 5 s; with N gateway instances use N × 5000).
+    /// per 5 s). In cluster mode the instances share one caller per processor; N embedded
+    /// gateways in front of the same processors need N × 5000.
     #[arg(long, env = "PAYGATE_HEALTH_INTERVAL_MS", default_value_t = 5_000)]
     pub health_interval_ms: u64,
     /// Longest a client may take to send a request head, from connecting (or from the first

@@ -467,3 +467,33 @@ async fn concurrent_acceptances_share_commits() {
     assert!(used < 2_000, "{used} commits for 2 000 payments: acceptances do not share commits");
     eprintln!("{used} commits for 2 000 payments");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn instances_starting_together_apply_the_schema_once_and_a_newer_schema_stops_the_start() {
+    let mut c = Cluster::start(0).await;
+    // Three instances at the same instant on an empty database.
+    let args: Vec<(Vec<String>, std::path::PathBuf)> =
+        (0..3).map(|i| (c.args(&format!("gw{i}"), &[]), c.dir.0.join(format!("gw{i}.log")))).collect();
+    let procs: Vec<Proc> = std::thread::scope(|s| {
+        let handles: Vec<_> =
+            args.iter().map(|(a, log)| s.spawn(move || Proc::start(a, "paygate listening on", log))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (p, (_, log)) in procs.iter().zip(&args) {
+        wait_healthy(&p.url, log).await;
+    }
+    c.instances.extend(procs);
+    assert_eq!(c.pg.psql("SELECT count(*), max(version) FROM paygate_migrations"), "1|1");
+    let http = Http::default();
+    for i in 0..3 {
+        assert_eq!(post(&http, &c.url(i), CorrelationId::random(), "1.50").await, StatusCode::ACCEPTED);
+    }
+    // A database migrated by a newer paygate: this one refuses to start rather than guess.
+    c.pg.psql("INSERT INTO paygate_migrations (version) VALUES (999)");
+    let log = c.dir.0.join("old.log");
+    let mut old = Proc::start(&c.args("old", &[]), "paygate listening on", &log);
+    let status = old.wait_exit(Duration::from_secs(30)).expect("an instance on a newer schema must stop");
+    assert!(!status.success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("newer than this binary"), "{text}");
+}

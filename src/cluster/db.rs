@@ -200,10 +200,35 @@ impl Statements {
     }
 }
 
-/// A connected session: the client and its prepared statements.
+/// A connected session: the client, its prepared statements and its server process.
 pub struct Session {
     pub client: Client,
     pub st: Statements,
+    /// The server process serving this session: after a lost answer, the statement it may
+    /// still be running must end before anyone reads what it wrote ([`await_ended`]).
+    pub pid: i32,
+}
+
+/// Server-side limit of every statement of ours: a statement whose client vanished ends within
+/// this (committed or not) even where its server process cannot be terminated.
+pub const SERVER_STATEMENT_TIMEOUT_MS: u64 = 10_000;
+
+/// Waits until server process `pid` (a session whose answer was lost) has ended, terminating it:
+/// until then a statement it runs may still commit, and a read could not tell. Gives up waiting
+/// once the server's own statement timeout has surely ended the statement.
+pub async fn await_ended(s: &Session, pid: i32, lost_at: std::time::Instant) -> Result<(), DbError> {
+    let bound = Duration::from_millis(SERVER_STATEMENT_TIMEOUT_MS + 2_000);
+    loop {
+        let alive = timed(s.client.query(
+            "SELECT pg_terminate_backend(pid, 1000) FROM pg_stat_activity WHERE pid = $1::int4",
+            &[&pid],
+        ))
+        .await?;
+        if alive.is_empty() || lost_at.elapsed() >= bound {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Why a database call failed, as the caller must treat it.
@@ -264,6 +289,11 @@ impl Db {
             config.application_name(format!("paygate {instance} {role}"));
         }
         config.keepalives(true).keepalives_idle(Duration::from_secs(10));
+        let options = format!(
+            "{} -c statement_timeout={SERVER_STATEMENT_TIMEOUT_MS}",
+            config.get_options().unwrap_or_default()
+        );
+        config.options(options.trim());
         Ok(Db { config, role, session: Mutex::new(None), open })
     }
 
@@ -292,7 +322,8 @@ impl Db {
             open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         });
         let st = timed(Statements::prepare(&client)).await?;
-        let s = Arc::new(Session { client, st });
+        let pid: i32 = timed(client.query_one("SELECT pg_backend_pid()", &[])).await?.get(0);
+        let s = Arc::new(Session { client, st, pid });
         *slot = Some(s.clone());
         tracing::info!(role, "database session open");
         Ok(s)
