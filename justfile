@@ -61,6 +61,10 @@ history-fixture *ARGS:
 history-bench *ARGS: build
     python3 scripts/history_bench.py --no-build {{ARGS}}
 
+# Cluster mode vs the embedded journal vs a pgbench INSERT floor on a private PostgreSQL, at 500 and 2,000/s, 3 interleaved reps (~10 min; --reps 1 --seconds 5 for a quick run); JSON in target/cluster-bench/.
+cluster-bench *ARGS: build
+    python3 scripts/cluster_bench.py --no-build {{ARGS}}
+
 # Run the strategy matrix (3 interleaved runs per variant) and regenerate perf.md's tables.
 perf-report *ARGS:
     python3 scripts/perf_report.py {{ARGS}}
