@@ -210,7 +210,11 @@ impl Metrics {
             "Acceptances, intents and outcomes written by one statement (one commit) in cluster mode",
             cluster.commit_ops.clone(),
         );
-        registry.register("cluster_commit_duration_seconds", "Time of one batch statement, sent to answered", cluster.commit_seconds.clone());
+        registry.register(
+            "cluster_commit_duration_seconds",
+            "Time of one batch statement, sent to answered",
+            cluster.commit_seconds.clone(),
+        );
         registry.register("cluster_db_sessions", "Database connections open now", cluster.sessions.clone());
         registry.register("cluster_lease_held", "1 while this instance holds a live lease", cluster.lease_held.clone());
         registry.register("cluster_takeovers", "Payments taken over from instances whose lease expired", cluster.takeovers.clone());

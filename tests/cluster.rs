@@ -194,8 +194,7 @@ async fn a_purge_from_one_instance_purges_the_cluster() {
         ids.push(id);
     }
     books_agree_everywhere(&http, &c).await;
-    let (status, _) =
-        http.send(Method::POST, &format!("{a}/purge-payments"), &[("x-admin-token", ADMIN_TOKEN)], String::new()).await;
+    let (status, _) = http.send(Method::POST, &format!("{a}/purge-payments"), &[("x-admin-token", ADMIN_TOKEN)], String::new()).await;
     assert_eq!(status, StatusCode::OK);
     for url in [&a, &b] {
         let s = http.gateway_summary(url, "").await;
@@ -432,9 +431,7 @@ async fn a_read_only_database_gets_503_with_retry_after_and_nothing_is_lost() {
         .await;
     }
     let (status, retry_after) =
-        raw_post(&raw_client(), &format!("{}/payments", urls[0]), body(CorrelationId::random(), "1.00"))
-            .await
-            .unwrap();
+        raw_post(&raw_client(), &format!("{}/payments", urls[0]), body(CorrelationId::random(), "1.00")).await.unwrap();
     assert_eq!((status, retry_after), (StatusCode::SERVICE_UNAVAILABLE, true));
     c.pg.psql("ALTER SYSTEM RESET default_transaction_read_only; SELECT pg_reload_conf();");
     for url in &urls {
@@ -475,8 +472,7 @@ async fn instances_starting_together_apply_the_schema_once_and_a_newer_schema_st
     let args: Vec<(Vec<String>, std::path::PathBuf)> =
         (0..3).map(|i| (c.args(&format!("gw{i}"), &[]), c.dir.0.join(format!("gw{i}.log")))).collect();
     let procs: Vec<Proc> = std::thread::scope(|s| {
-        let handles: Vec<_> =
-            args.iter().map(|(a, log)| s.spawn(move || Proc::start(a, "paygate listening on", log))).collect();
+        let handles: Vec<_> = args.iter().map(|(a, log)| s.spawn(move || Proc::start(a, "paygate listening on", log))).collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     for (p, (_, log)) in procs.iter().zip(&args) {

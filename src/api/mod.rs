@@ -12,12 +12,12 @@ use hyper::header::HeaderValue;
 use hyper::{Method, Request, Response, StatusCode};
 
 use self::error::ApiError;
+use crate::books::Books;
 use crate::dispatch::{SendGate, WorkQueue};
 use crate::domain::money::write_cents;
 use crate::domain::time::Rounding;
 use crate::domain::{CorrelationId, UtcMillis};
 use crate::http::{Body, BodyError, json, push_json_str, query_param, read_body};
-use crate::books::Books;
 use crate::ledger::{AcceptError, Status};
 use crate::processor::ProcessorIdx;
 use crate::processor::router::Router;

@@ -148,9 +148,7 @@ impl Statements {
             heartbeat: c.prepare(HEARTBEAT_SQL).await?,
             expire: c.prepare("DELETE FROM paygate_leases WHERE expires_at < now() RETURNING epoch, owner").await?,
             takeover: c.prepare(&takeover_sql()).await?,
-            get: c
-                .prepare("SELECT cents, accepted_at, status, processor, requested_at FROM paygate_payments WHERE id = $1")
-                .await?,
+            get: c.prepare("SELECT cents, accepted_at, status, processor, requested_at FROM paygate_payments WHERE id = $1").await?,
             reread: c
                 .prepare("SELECT id, cents, status, processor, requested_at, epoch FROM paygate_payments WHERE id = ANY($1::uuid[])")
                 .await?,
@@ -188,12 +186,8 @@ impl Statements {
                      FROM paygate_cluster RETURNING epoch, purge_ack",
                 )
                 .await?,
-            purge_request: c
-                .prepare("UPDATE paygate_cluster SET purge_requested = purge_requested + 1 RETURNING purge_requested")
-                .await?,
-            purge_ready: c
-                .prepare("SELECT NOT EXISTS (SELECT 1 FROM paygate_leases WHERE expires_at > now() AND purge_ack < $1)")
-                .await?,
+            purge_request: c.prepare("UPDATE paygate_cluster SET purge_requested = purge_requested + 1 RETURNING purge_requested").await?,
+            purge_ready: c.prepare("SELECT NOT EXISTS (SELECT 1 FROM paygate_leases WHERE expires_at > now() AND purge_ack < $1)").await?,
             unsettled_mine: c.prepare("SELECT count(*) FROM paygate_payments WHERE epoch = $1 AND status < 2").await?,
             purge_ack: c.prepare("UPDATE paygate_leases SET purge_ack = greatest(purge_ack, $3) WHERE epoch = $2 AND owner = $1").await?,
         })
@@ -219,11 +213,8 @@ pub const SERVER_STATEMENT_TIMEOUT_MS: u64 = 10_000;
 pub async fn await_ended(s: &Session, pid: i32, lost_at: std::time::Instant) -> Result<(), DbError> {
     let bound = Duration::from_millis(SERVER_STATEMENT_TIMEOUT_MS + 2_000);
     loop {
-        let alive = timed(s.client.query(
-            "SELECT pg_terminate_backend(pid, 1000) FROM pg_stat_activity WHERE pid = $1::int4",
-            &[&pid],
-        ))
-        .await?;
+        let alive =
+            timed(s.client.query("SELECT pg_terminate_backend(pid, 1000) FROM pg_stat_activity WHERE pid = $1::int4", &[&pid])).await?;
         if alive.is_empty() || lost_at.elapsed() >= bound {
             return Ok(());
         }
@@ -289,10 +280,7 @@ impl Db {
             config.application_name(format!("paygate {instance} {role}"));
         }
         config.keepalives(true).keepalives_idle(Duration::from_secs(10));
-        let options = format!(
-            "{} -c statement_timeout={SERVER_STATEMENT_TIMEOUT_MS}",
-            config.get_options().unwrap_or_default()
-        );
+        let options = format!("{} -c statement_timeout={SERVER_STATEMENT_TIMEOUT_MS}", config.get_options().unwrap_or_default());
         config.options(options.trim());
         Ok(Db { config, role, session: Mutex::new(None), open })
     }
@@ -307,11 +295,10 @@ impl Db {
         }
         *slot = None;
         let connect = self.config.connect(NoTls);
-        let (client, connection) =
-            match tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS + 1_000), connect).await {
-                Ok(r) => r.map_err(|e| DbError::Lost(format!("connect: {e}")))?,
-                Err(_) => return Err(DbError::Lost("connect timed out".into())),
-            };
+        let (client, connection) = match tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS + 1_000), connect).await {
+            Ok(r) => r.map_err(|e| DbError::Lost(format!("connect: {e}")))?,
+            Err(_) => return Err(DbError::Lost("connect timed out".into())),
+        };
         let open = self.open.clone();
         let role = self.role;
         open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

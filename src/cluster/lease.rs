@@ -192,8 +192,7 @@ async fn participate(handle: ClusterHandle, g: i64) {
         }
     };
     let mut done = inner.purge_done.subscribe();
-    let finished = acked.await
-        && tokio::time::timeout_at(deadline.into(), done.wait_for(|d| *d >= g)).await.is_ok_and(|r| r.is_ok());
+    let finished = acked.await && tokio::time::timeout_at(deadline.into(), done.wait_for(|d| *d >= g)).await.is_ok_and(|r| r.is_ok());
     if finished {
         let dropped = {
             let mut local = inner.lock();

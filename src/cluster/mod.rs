@@ -194,12 +194,9 @@ pub async fn start(
     let reader = Arc::new(Db::new(&config.database_url, "reader", &config.instance_id, open.clone())?);
     let writer_db = Db::new(&config.database_url, "writer", &config.instance_id, open.clone())?;
     let session = reader.session().await.map_err(|e| e.to_string())?;
-    timed(session.client.execute(
-        "INSERT INTO paygate_health (processor) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
-        &[&names],
-    ))
-    .await
-    .map_err(|e| e.to_string())?;
+    timed(session.client.execute("INSERT INTO paygate_health (processor) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING", &[&names]))
+        .await
+        .map_err(|e| e.to_string())?;
     let (generation, generation_rx) = watch::channel(0);
     let inner = Arc::new(Inner {
         instance: config.instance_id.clone(),

@@ -15,9 +15,9 @@ use std::time::Duration;
 use tokio::sync::{Mutex, RwLock, RwLockWriteGuard};
 use tokio::task::JoinHandle;
 
+use crate::books::Books;
 use crate::domain::UtcMillis;
 pub use crate::ledger::queue::{WorkQueue, WorkReceiver};
-use crate::books::Books;
 use crate::ledger::{IntentError, Settled, Work};
 use crate::metrics::Metrics;
 use crate::processor::breaker::Permit;
