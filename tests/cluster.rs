@@ -144,6 +144,15 @@ async fn two_instances_share_one_set_of_books() {
     assert_eq!(post(&http, &a, id, "20.00").await, StatusCode::CONFLICT);
     assert_eq!(post(&http, &b, id, "20.00").await, StatusCode::CONFLICT);
     books_agree_everywhere(&http, &c).await;
+    // Exact for every window, from either instance.
+    for _ in 0..20 {
+        let (from, to) = (fastrand::u64(0..20_000), fastrand::u64(0..20_000));
+        let window = common::window_ago(Duration::from_millis(from.max(to)), Duration::from_millis(from.min(to)));
+        for url in [&a, &b] {
+            let bad = audit(&http, url, &c.sims(), &window).await;
+            assert!(bad.is_empty(), "{bad:?}");
+        }
+    }
     let (n_default, _) = http.sim_totals(&c.default, "").await;
     let (n_fallback, _) = http.sim_totals(&c.fallback, "").await;
     assert_eq!(n_default + n_fallback, ids.len() as u64, "each payment recorded once");
@@ -247,6 +256,11 @@ async fn an_instance_holds_only_the_payments_it_is_forwarding() {
         gauge(&text, "paygate_ledger_hot_payments") == 0.0 && gauge(&text, "paygate_cluster_lease_held") == 1.0
     })
     .await;
+    // Routed at acceptance, each payment cost two writes: its row (with the intent in it) and
+    // its outcome; a separate intent would make three.
+    let (_, text) = http.get(&format!("http://{metrics}/metrics")).await;
+    let text = String::from_utf8_lossy(&text).to_string();
+    assert_eq!(gauge(&text, "paygate_cluster_commit_operations_sum"), 600.0, "writes for 300 payments");
     // Lookups of payments it no longer holds are the database's.
     let s = http.gateway_summary(&url, "").await;
     assert_eq!(common::totals_of(&s, "default").0 + common::totals_of(&s, "fallback").0, 300);
