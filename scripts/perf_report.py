@@ -51,6 +51,7 @@ VARIANTS = {
     "before-dsync": {"ref": "780e444"},
     "dsync": {"ref": "cf6383a"},
     "before-history": {"ref": "dec96a0"},
+    "before-cluster": {"ref": "b4270b0"},
     # Built by scripts/pgo.py: instrumented build, training load, profile-use build.
     "pgo": {"pgo": True},
 }
@@ -234,6 +235,7 @@ CONTEST_SIDES = {
     "paygate-dsync": ("dsync", []),
     "paygate-before-lazy-batch": ("before-lazy-batch", []),
     "paygate-before-history": ("before-history", []),
+    "paygate-before-cluster": ("before-cluster", []),
 }
 DEFAULT_CONTEST_SIDES = "paygate,paygate-fsync-off,paygate-multi-thread"
 
@@ -456,7 +458,8 @@ def render_contest():
             ("paygate, `--fsync on --runtime multi-thread`", "paygate-multi-thread"),
             ("paygate with `RWF_DSYNC` (cf6383a, reverted)", "paygate-dsync"),
             ("paygate before held-back answers (d264191)", "paygate-before-lazy-batch"),
-            ("paygate before the history (dec96a0, all payments in memory)", "paygate-before-history"), ("bare hyper (floor)", "bare")]
+            ("paygate before the history (dec96a0, all payments in memory)", "paygate-before-history"),
+            ("paygate before cluster mode (b4270b0)", "paygate-before-cluster"), ("bare hyper (floor)", "bare")]
     for label, key in rows:
         runs = d.get(key)
         if not runs:
