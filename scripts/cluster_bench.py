@@ -6,7 +6,7 @@
     python3 scripts/cluster_bench.py --rates 1000 --sides cluster,floor
     python3 scripts/cluster_bench.py --render target/cluster-bench/latest.json
 
-Three sides, run interleaved (for each rep, for each rate: embedded, cluster, floor), every run
+Four sides, run interleaved (for each rep, for each rate: embedded, cluster, cluster1, floor), every run
 on fresh state:
 
 * `embedded`: one `paygate serve --fsync on` on a fresh data directory, `paygate loadgen` at
@@ -18,6 +18,9 @@ on fresh state:
   exactly): a rep's latency figure is the WORSE of the two instances' (each percentile
   separately); the errors are their sum; both instances' own figures are in the JSON and in
   the second table.
+* `cluster1`: the cluster side with ONE instance and one loadgen at the whole rate: what a
+  commit in PostgreSQL costs the latency without a second gateway and load generator sharing
+  the same CPUs.
 * `floor`: pgbench on the same PostgreSQL, a fresh database holding a copy of paygate's
   payments table (primary key and the unsettled index), one prepared INSERT of a payment-like
   row per transaction, `-R RATE -c 8 -j 2 -M prepared -n -l`. Latencies come from its
@@ -76,7 +79,7 @@ from bench_env import NATIVE, ROOT, Proc  # noqa: E402
 from soak import current_commit, free_port, scrape, wait_healthy  # noqa: E402
 
 OUT = ROOT / "target" / "cluster-bench"
-SIDES = ("embedded", "cluster", "floor")
+SIDES = ("embedded", "cluster", "cluster1", "floor")
 CLK = os.sysconf("SC_CLK_TCK")
 
 FLOOR_SCHEMA = """
@@ -381,20 +384,21 @@ def worse(lats):
     return {k: max(l[k] for l in lats) for k in lats[0]}
 
 
-def run_cluster(ctx, rate, tag):
+def run_cluster(ctx, rate, tag, n=2):
+    """`n` instances (2: the `cluster` side; 1: `cluster1`, the same load on one instance), one loadgen each."""
     pg, args = ctx["pg"], ctx["args"]
     db = f"bench_{tag.replace('-', '_')}"
     pg.sql(f"CREATE DATABASE {db}")
     gws, rcs = [], []
     try:
-        for i in (1, 2):
+        for i in range(1, n + 1):
             extra = ["--database-url", pg.url(db), "--instance-id", f"bench-{i}", "--lease-ms", str(args.lease_ms), *args.gateway_arg]
             gws.append(gateway(ctx["paygate"], ctx["sims"], ctx["top"] / f"{tag}-unused-{i}", ctx["logs"] / f"{tag}-gateway{i}.log", extra))
         x0, w0, b0 = pg.xact_commit(db), pg.next_xid(), pg.wal_bytes()
         time.sleep(0.2)
         a0 = [accepted(g) for g in gws]
         c0 = {"gateways": sum(cpu_self_s(g.p.pid) for g in gws), "postgres": pg.cpu_s()}
-        half = [rate // 2, rate - rate // 2]
+        half = [rate // n + (1 if i < rate % n else 0) for i in range(n)]
         lgs = [loadgen(ctx["paygate"], g.addr, half[i], args, ctx["logs"] / f"{tag}-loadgen{i + 1}.json", ctx["logs"] / f"{tag}-loadgen{i + 1}.log")
                for i, g in enumerate(gws)]
         rs = [finish_loadgen(p, ctx["logs"] / f"{tag}-loadgen{i + 1}.json", ctx["load_timeout"]) for i, p in enumerate(lgs)]
@@ -423,7 +427,7 @@ def run_cluster(ctx, rate, tag):
             "xids_delta": w1 - w0, "xids_per_payment": round((w1 - w0) / pay, 3) if pay else None,
             "wal_bytes_per_payment": round((b1 - b0) / pay) if pay else None, "wal_files_after": pg.wal_files(),
             "rows_in_db": rows, "unsettled_rows_after_load": unsettled, "sessions_gone_before_read": drained, "gateway_exit": rcs,
-            "gateway_log": [log_levels(ctx["logs"] / f"{tag}-gateway{i}.log") for i in (1, 2)]}
+            "gateway_log": [log_levels(ctx["logs"] / f"{tag}-gateway{i}.log") for i in range(1, n + 1)]}
 
 
 def pct(sorted_xs, q):
@@ -507,7 +511,8 @@ def run_floor(ctx, rate, tag):
             "pgbench_summary": [l for l in summary.splitlines() if l.startswith(("number of", "latency", "tps", "rate limit", "initial"))]}
 
 
-RUNNERS = {"embedded": run_embedded, "cluster": run_cluster, "floor": run_floor}
+RUNNERS = {"embedded": run_embedded, "cluster": run_cluster, "cluster1": lambda ctx, rate, tag: run_cluster(ctx, rate, tag, 1),
+           "floor": run_floor}
 
 
 # ---------------------------------------------------------------- reporting
@@ -538,9 +543,9 @@ def summarise(result):
                    "errors": agg([r["errors"] for r in runs]), "cpu_us_per_payment": agg([r.get("cpu_us_per_payment") for r in runs]),
                    "commits_per_payment": agg([r.get("commits_per_payment") for r in runs]),
                    "xids_per_payment": agg([r.get("xids_per_payment") for r in runs])}
-            if side == "cluster":
+            if side.startswith("cluster"):
                 row["per_instance"] = [{k: agg([r["per_instance_latency_ms"][i][k] for r in runs]) for k in ("p50", "p99", "p999", "max")}
-                                       for i in range(2)] if runs else None
+                                       for i in range(len(runs[0]["per_instance_latency_ms"]))] if runs else None
             out.append(row)
     return out
 
@@ -573,9 +578,9 @@ def render(result):
     per = [r for r in s if r.get("per_instance")]
     if per:
         print()
-        print("cluster per instance (each at half the rate): median over reps (min–max)")
+        print("cluster per instance (cluster: each at half the rate; cluster1: the one instance): median over reps (min–max)")
         print()
-        prow = [(f"{r['rate']}/s", f"instance {i + 1}", fmt(pi["p50"], 3), fmt(pi["p99"], 3), fmt(pi["p999"], 3), fmt(pi["max"], 2))
+        prow = [(f"{r['side']} {r['rate']}/s", f"instance {i + 1}", fmt(pi["p50"], 3), fmt(pi["p99"], 3), fmt(pi["p999"], 3), fmt(pi["max"], 2))
                 for r in per for i, pi in enumerate(r["per_instance"])]
         print(table(prow, ("rate", "instance", "p50 ms", "p99 ms", "p99.9 ms", "max ms")))
     for r in result["runs"]:
@@ -611,7 +616,7 @@ def main():
     ap.add_argument("--seconds", type=float, default=20.0, help="measured seconds per run (default 20)")
     ap.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per run, at the same rate (default 2)")
     ap.add_argument("--reps", type=int, default=3, help="repetitions of each side and rate (default 3)")
-    ap.add_argument("--sides", default=",".join(SIDES), type=lambda s: s.split(","), help="subset of embedded,cluster,floor")
+    ap.add_argument("--sides", default=",".join(SIDES), type=lambda s: s.split(","), help="subset of embedded,cluster,cluster1,floor")
     ap.add_argument("--connections", type=int, default=64, help="keep-alive connections of each loadgen (default 64)")
     ap.add_argument("--window-s", type=float, default=1.0, help="loadgen --window-s: per-window p99/max kept in the JSON (default 1)")
     ap.add_argument("--lease-ms", type=int, default=7000, help="cluster instances' --lease-ms (default 7000, the gateway's default)")
@@ -665,7 +670,7 @@ def main():
         sims = [CLEANUP.add(Proc([paygate, "processor-sim", "--listen", "127.0.0.1:0", "--fee", fee], "processor-sim listening on ", logs / f"sim-{name}.log"))
                 for name, fee in (("default", "0.05"), ("fallback", "0.15"))]
         pg = None
-        if {"cluster", "floor"} & set(args.sides):
+        if {"cluster", "cluster1", "floor"} & set(args.sides):
             pg = Postgres(top, pg_bindir(args.pg_bin))
             result["postgres"] = pg.settings
             log(f"PostgreSQL {pg.settings['server_version']} on 127.0.0.1:{pg.port} (pid {pg.pid}), {pg.settings}")

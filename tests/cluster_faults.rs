@@ -554,38 +554,11 @@ async fn post_until_accepted(http: &Http, gateway: &str, stats: &Stats, limit: D
 // ---------------------------------------------------------------------------------------------
 // The audit.
 
-/// Runs `f` over `items` with a fixed number of concurrent workers, keeping the order.
-async fn lookup_all<T, R, F, Fut>(items: &[T], f: F) -> Vec<R>
-where
-    T: Clone + Send + Sync + 'static,
-    R: Send + 'static,
-    F: Fn(T) -> Fut + Clone + Send + Sync + 'static,
-    Fut: std::future::Future<Output = R> + Send,
-{
-    let chunk = items.len().div_ceil(LOOKUP_WORKERS).max(1);
-    let mut tasks = Vec::new();
-    for part in items.chunks(chunk) {
-        let (part, f) = (part.to_vec(), f.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut out = Vec::with_capacity(part.len());
-            for item in part {
-                out.push(f(item).await);
-            }
-            out
-        }));
-    }
-    let mut all = Vec::with_capacity(items.len());
-    for t in tasks {
-        all.extend(t.await.unwrap());
-    }
-    all
-}
-
 /// Of `ids`, those that no processor has recorded yet.
 async fn unrecorded(http: &Http, c: &Cluster, ids: &[CorrelationId]) -> Vec<CorrelationId> {
     let (d, f) = (c.default.url.clone(), c.fallback.url.clone());
     let http = http.clone();
-    let found = lookup_all(ids, move |id: CorrelationId| {
+    let found = common::lookup_all(ids, LOOKUP_WORKERS, move |id: CorrelationId| {
         let (http, d, f) = (http.clone(), d.clone(), f.clone());
         async move {
             let recorded = http.sim_payment(&d, id).await.is_some() || http.sim_payment(&f, id).await.is_some();
@@ -631,7 +604,7 @@ async fn settle_and_audit(http: &Http, c: &Cluster, sent: &[Sent]) -> Vec<String
     let looked_up = {
         let [(_, d), (_, f)] = c.sims();
         let http = http.clone();
-        lookup_all(sent, move |p: Sent| {
+        common::lookup_all(sent, LOOKUP_WORKERS, move |p: Sent| {
             let (http, d, f) = (http.clone(), d.clone(), f.clone());
             async move {
                 let on_default = http.sim_payment(&d, p.id).await;

@@ -220,33 +220,6 @@ async fn client(http: Http, gateway: Arc<RwLock<String>>, stop: Arc<AtomicBool>)
     sent
 }
 
-/// Runs `f` over `items` with a fixed number of concurrent workers, keeping the order.
-async fn lookup_all<T, R, F, Fut>(items: &[T], f: F) -> Vec<R>
-where
-    T: Clone + Send + Sync + 'static,
-    R: Send + 'static,
-    F: Fn(T) -> Fut + Clone + Send + Sync + 'static,
-    Fut: std::future::Future<Output = R> + Send,
-{
-    let chunk = items.len().div_ceil(LOOKUP_WORKERS).max(1);
-    let mut tasks = Vec::new();
-    for part in items.chunks(chunk) {
-        let (part, f) = (part.to_vec(), f.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut out = Vec::with_capacity(part.len());
-            for item in part {
-                out.push(f(item).await);
-            }
-            out
-        }));
-    }
-    let mut all = Vec::with_capacity(items.len());
-    for t in tasks {
-        all.extend(t.await.unwrap());
-    }
-    all
-}
-
 fn first_few(ids: &[String]) -> String {
     let shown: Vec<_> = ids.iter().take(3).cloned().collect();
     format!("{}{}", shown.join("; "), if ids.len() > 3 { "; ..." } else { "" })
@@ -334,7 +307,7 @@ async fn kill_at_random_moments(extra: &'static [&'static str]) {
     loop {
         let views = {
             let (http, gw) = (http.clone(), gw.clone());
-            lookup_all(&unresolved, move |p: Sent| {
+            common::lookup_all(&unresolved, LOOKUP_WORKERS, move |p: Sent| {
                 let (http, gw) = (http.clone(), gw.clone());
                 async move { (p.clone(), http.gateway_payment(&gw, p.id).await) }
             })
@@ -367,7 +340,7 @@ async fn kill_at_random_moments(extra: &'static [&'static str]) {
 
     let looked_up = {
         let (http, gw, default, fallback) = (http.clone(), gw.clone(), default.clone(), fallback.clone());
-        lookup_all(&sent, move |p: Sent| {
+        common::lookup_all(&sent, LOOKUP_WORKERS, move |p: Sent| {
             let (http, gw, default, fallback) = (http.clone(), gw.clone(), default.clone(), fallback.clone());
             async move {
                 let d = http.sim_payment(&default, p.id).await;

@@ -121,35 +121,6 @@ async fn health_turns_503(addr: SocketAddr) -> Instant {
     }
 }
 
-/// Runs `f` over `items` with a few concurrent workers, keeping the order.
-async fn lookup_all<T, R, F, Fut>(items: &[T], f: F) -> Vec<R>
-where
-    T: Clone + Send + 'static,
-    R: Send + 'static,
-    F: Fn(T) -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = R> + Send,
-{
-    let chunk = items.len().div_ceil(LOOKUP_WORKERS).max(1);
-    let tasks: Vec<_> = items
-        .chunks(chunk)
-        .map(|c| {
-            let (c, f) = (c.to_vec(), f.clone());
-            tokio::spawn(async move {
-                let mut out = Vec::with_capacity(c.len());
-                for item in c {
-                    out.push(f(item).await);
-                }
-                out
-            })
-        })
-        .collect();
-    let mut out = Vec::with_capacity(items.len());
-    for t in tasks {
-        out.extend(t.await.unwrap());
-    }
-    out
-}
-
 /// A simulator's record of `id`: its amount in cents, or `None`.
 async fn sim_has(http: &Http, sim: &str, id: CorrelationId) -> Option<u128> {
     let (status, body) = http.get(&format!("{sim}/payments/{id}")).await;
@@ -220,7 +191,7 @@ async fn sigterm_drains_finishes_in_flight_requests_exits_0_and_loses_nothing() 
     let http = Http::default();
     // A request that got no answer must be one the gateway never took in: had it read the
     // request, it would have finished it before closing the connection.
-    let cut: Vec<CorrelationId> = lookup_all(&unanswered, {
+    let cut: Vec<CorrelationId> = common::lookup_all(&unanswered, LOOKUP_WORKERS, {
         let (http, url) = (http.clone(), gateway.url.clone());
         move |s: Sent| {
             let (http, url) = (http.clone(), url.clone());
@@ -249,7 +220,7 @@ async fn sigterm_drains_finishes_in_flight_requests_exits_0_and_loses_nothing() 
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let recorded = lookup_all(&accepted, {
+    let recorded = common::lookup_all(&accepted, LOOKUP_WORKERS, {
         let (http, d, f) = (http.clone(), default.url.clone(), fallback.url.clone());
         move |s: Sent| {
             let (http, d, f) = (http.clone(), d.clone(), f.clone());

@@ -228,3 +228,33 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Runs `f` over `items` with `workers` concurrent tasks, keeping the order (the audits of the
+/// kill and shutdown tests look thousands of payments up at the processors).
+pub async fn lookup_all<T, R, F, Fut>(items: &[T], workers: usize, f: F) -> Vec<R>
+where
+    T: Clone + Send + 'static,
+    R: Send + 'static,
+    F: Fn(T) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = R> + Send,
+{
+    let chunk = items.len().div_ceil(workers.max(1)).max(1);
+    let tasks: Vec<_> = items
+        .chunks(chunk)
+        .map(|c| {
+            let (c, f) = (c.to_vec(), f.clone());
+            tokio::spawn(async move {
+                let mut out = Vec::with_capacity(c.len());
+                for item in c {
+                    out.push(f(item).await);
+                }
+                out
+            })
+        })
+        .collect();
+    let mut out = Vec::with_capacity(items.len());
+    for t in tasks {
+        out.extend(t.await.unwrap());
+    }
+    out
+}
