@@ -150,7 +150,10 @@ impl Statements {
             takeover: c.prepare(&takeover_sql()).await?,
             get: c.prepare("SELECT cents, accepted_at, status, processor, requested_at FROM paygate_payments WHERE id = $1").await?,
             reread: c
-                .prepare("SELECT id, cents, status, processor, requested_at, epoch FROM paygate_payments WHERE id = ANY($1::uuid[])")
+                .prepare(
+                    "SELECT id, cents, status, processor, requested_at, epoch, accepted_at FROM paygate_payments
+                     WHERE id = ANY($1::uuid[])",
+                )
                 .await?,
             summary: c
                 .prepare(
@@ -213,8 +216,7 @@ pub const SERVER_STATEMENT_TIMEOUT_MS: u64 = 10_000;
 pub async fn await_ended(s: &Session, pid: i32, lost_at: std::time::Instant) -> Result<(), DbError> {
     let bound = Duration::from_millis(SERVER_STATEMENT_TIMEOUT_MS + 2_000);
     loop {
-        let alive =
-            timed(s.client.query("SELECT pg_terminate_backend(pid, 1000) FROM pg_stat_activity WHERE pid = $1::int4", &[&pid])).await?;
+        let alive = timed(s.client.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1::int4", &[&pid])).await?;
         if alive.is_empty() || lost_at.elapsed() >= bound {
             return Ok(());
         }
@@ -248,7 +250,7 @@ impl DbError {
         session.client.is_closed()
             || match self {
                 DbError::Lost(_) => true,
-                DbError::Refused(m) => ["(25006)", "(57P01)", "(57P02)", "(57P03)", "(08"].iter().any(|c| m.contains(c)),
+                DbError::Refused(m) => ["(25006)", "(25P02)", "(57P01)", "(57P02)", "(57P03)", "(08"].iter().any(|c| m.contains(c)),
             }
     }
 }

@@ -25,12 +25,10 @@ pub fn heartbeat_every(lease: Duration) -> Duration {
 pub async fn register(inner: &Inner, s: &Session) -> Result<i64, super::DbError> {
     let lease_ms = inner.config.lease.as_millis() as i64;
     let row = timed(s.client.query_one(&s.st.register, &[&inner.instance, &lease_ms])).await?;
-    let (epoch, purge_seen): (i64, i64) = (row.get(0), row.get(1));
-    inner.purge_done.send_if_modified(|d| {
-        let newer = purge_seen > *d;
-        *d = (*d).max(purge_seen);
-        newer
-    });
+    // Purges asked for before this incarnation are not ours to join (the lease row says so
+    // too: its purge_ack starts at them).
+    let (epoch, purge_asked): (i64, i64) = (row.get(0), row.get(1));
+    inner.purge_joined.fetch_max(purge_asked, Ordering::AcqRel);
     inner.epoch.store(epoch, Ordering::Release);
     inner.lease_ok.store(true, Ordering::Relaxed);
     tracing::info!(instance = %inner.instance, epoch, "lease registered");
@@ -39,13 +37,11 @@ pub async fn register(inner: &Inner, s: &Session) -> Result<i64, super::DbError>
 
 /// Heartbeats until the process stops: renews the lease (registering again when it was
 /// lost), takes over dead epochs' payments, and joins purges.
-pub async fn run(handle: ClusterHandle) {
+pub async fn run(handle: ClusterHandle, db: super::Db) {
     let inner = handle.inner.clone();
-    let db = handle.reader.clone();
     let every = heartbeat_every(inner.config.lease);
     let lease_ms = inner.config.lease.as_millis() as i64;
     let mut renewed = Instant::now();
-    let mut purge_seen = *inner.purge_done.borrow();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
@@ -64,7 +60,6 @@ pub async fn run(handle: ClusterHandle) {
                 Ok(e) => {
                     epoch = e;
                     renewed = Instant::now();
-                    purge_seen = purge_seen.max(*inner.purge_done.borrow());
                 }
                 Err(e) => {
                     if e.needs_new_session(&s) {
@@ -102,8 +97,7 @@ pub async fn run(handle: ClusterHandle) {
             *d = (*d).max(done);
             newer
         });
-        if requested > purge_seen {
-            purge_seen = requested;
+        if requested > inner.purge_joined.load(Ordering::Acquire) {
             tokio::spawn(participate(handle.clone(), requested));
         }
         if orphans && let Err(e) = take_over(&inner, &s, epoch).await {
@@ -149,7 +143,7 @@ async fn take_over(inner: &Arc<Inner>, s: &Session, epoch: i64) -> Result<(), su
                 }
                 _ => Status::Pending,
             };
-            let held = Held { cents, accepted_at: UtcMillis(accepted_at), status, ticket: 0 };
+            let held = Held { cents, accepted_at: UtcMillis(accepted_at), status, ticket: 0, epoch };
             inner.adopt(epoch, CorrelationId(id.as_u128()), held, false, false);
         }
         inner.takeovers.fetch_add(n as u64, Ordering::Relaxed);
@@ -227,9 +221,13 @@ pub async fn purge(handle: &ClusterHandle) -> Result<(), String> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    timed(s.client.batch_execute(&format!(
-        "BEGIN; TRUNCATE paygate_payments; UPDATE paygate_cluster SET purge_done = greatest(purge_done, {g}); COMMIT"
-    )))
+    // One statement, so one transaction that cannot be left open on the shared session; a
+    // DELETE rather than TRUNCATE, whose exclusive lock would queue every reader (the other
+    // instances' heartbeats among them) behind anything reading the table.
+    timed(
+        s.client
+            .execute("WITH gone AS (DELETE FROM paygate_payments) UPDATE paygate_cluster SET purge_done = greatest(purge_done, $1)", &[&g]),
+    )
     .await
     .map_err(|e| e.to_string())?;
     inner.purge_done.send_if_modified(|d| {

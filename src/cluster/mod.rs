@@ -51,6 +51,10 @@ pub struct Held {
     pub accepted_at: UtcMillis,
     pub status: Status,
     pub ticket: u64,
+    /// The lease epoch it was adopted under: its intents and outcomes are written under that
+    /// epoch only (a later incarnation of this instance that takes the row over again adopts
+    /// it anew, with a new ticket).
+    pub epoch: i64,
 }
 
 /// What every part of cluster mode shares.
@@ -82,7 +86,7 @@ pub struct Inner {
     db_log: std::sync::Mutex<crate::logs::LogLimiter>,
     pub takeovers: AtomicU64,
     /// The newest purge this instance has joined.
-    purge_joined: AtomicI64,
+    pub(crate) purge_joined: AtomicI64,
     /// Database sessions open now.
     sessions: Arc<AtomicI64>,
 }
@@ -100,13 +104,22 @@ impl Inner {
             return;
         }
         held.ticket = self.next_ticket.fetch_add(1, Ordering::Relaxed);
+        held.epoch = epoch;
         let generation = *self.generation.borrow();
         let pinned = match held.status {
             Status::Sent { processor, requested_at } => Some((processor, requested_at)),
             _ => None,
         };
         let work = Work { id, cents: held.cents, accepted_at: held.accepted_at, ticket: held.ticket, generation, pinned, fresh };
-        self.lock().insert(id.0, held);
+        {
+            // Once: a payment already held here (a repeat whose answer was read back after the
+            // first was adopted) keeps its work item.
+            let mut local = self.lock();
+            if local.contains_key(&id.0) {
+                return;
+            }
+            local.insert(id.0, held);
+        }
         if accepted { self.queue.push_accepted(work) } else { self.queue.push(work) }
     }
 
@@ -219,13 +232,15 @@ pub async fn start(
         db_log: std::sync::Mutex::new(crate::logs::LogLimiter::new(Duration::from_millis(10_000))),
         takeovers: AtomicU64::new(0),
         purge_joined: AtomicI64::new(0),
-        sessions: open,
+        sessions: open.clone(),
     });
     lease::register(&inner, &session).await.map_err(|e| format!("cannot register this instance: {e}"))?;
     let (tx, rx) = mpsc::unbounded_channel();
     let handle = ClusterHandle { inner: inner.clone(), tx: tx.clone(), reader: reader.clone(), generation: generation_rx };
     let mut tasks = vec![tokio::spawn(writer::run(inner.clone(), writer_db, rx))];
-    tasks.push(tokio::spawn(lease::run(handle.clone())));
+    // Heartbeats on a session of their own: never queued behind a slow lookup or summary.
+    let lease_db = Db::new(&config.database_url, "lease", &config.instance_id, open.clone())?;
+    tasks.push(tokio::spawn(lease::run(handle.clone(), lease_db)));
     tasks.push(tokio::spawn(health::run(inner.clone(), reader.clone(), router)));
     tracing::info!(
         instance = %config.instance_id,
@@ -331,43 +346,49 @@ impl ClusterHandle {
     }
 
     pub async fn intent(&self, work: Work, processor: ProcessorIdx, requested_at: UtcMillis) -> Result<(), IntentError> {
-        if !self.is_current_now(work) {
+        let Some(epoch) = self.current_epoch(work) else {
             return Err(IntentError::Stale);
-        }
+        };
         let (reply, rx) = oneshot::channel();
-        self.send(Op::Intent { work, processor, requested_at, reply }).map_err(|_| IntentError::Stale)?;
+        self.send(Op::Intent { work, epoch, processor, requested_at, reply }).map_err(|_| IntentError::Stale)?;
         rx.await.unwrap_or(Err(IntentError::Stale))
     }
 
     pub async fn settle(&self, work: Work, settled: Settled) {
-        {
+        let epoch = {
             let mut local = self.inner.lock();
             match local.get_mut(&work.id.0) {
-                Some(h) if h.ticket == work.ticket => match settled {
-                    Settled::Processed { .. } => {
-                        local.remove(&work.id.0);
+                Some(h) if h.ticket == work.ticket => {
+                    let epoch = h.epoch;
+                    match settled {
+                        Settled::Processed { .. } => {
+                            local.remove(&work.id.0);
+                        }
+                        Settled::Rejected => h.status = Status::Pending,
                     }
-                    Settled::Rejected => h.status = Status::Pending,
-                },
+                    epoch
+                }
                 _ => return,
             }
-        }
+        };
         if let Some(m) = &self.inner.metrics {
             m.settled(work.pinned.map_or(0, |p| usize::from(p.0)), matches!(settled, Settled::Processed { .. }));
         }
-        let _ = self.send(Op::Settle { work, settled, since: Instant::now() });
+        let _ = self.send(Op::Settle { work, epoch, settled, since: Instant::now() });
     }
 
-    fn is_current_now(&self, work: Work) -> bool {
+    /// The epoch `work`'s payment is held under, if `work` is still the item that may act on
+    /// it in the state it expects.
+    fn current_epoch(&self, work: Work) -> Option<i64> {
         let expected = match work.pinned {
             None => Status::Pending,
             Some((processor, requested_at)) => Status::Sent { processor, requested_at },
         };
-        self.inner.lock().get(&work.id.0).is_some_and(|h| h.ticket == work.ticket && h.status == expected)
+        self.inner.lock().get(&work.id.0).filter(|h| h.ticket == work.ticket && h.status == expected).map(|h| h.epoch)
     }
 
     pub async fn is_current(&self, work: Work) -> bool {
-        self.is_current_now(work)
+        self.current_epoch(work).is_some()
     }
 
     pub fn generation(&self) -> u64 {

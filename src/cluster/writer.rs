@@ -49,8 +49,10 @@ pub enum Op {
         routed: bool,
         reply: oneshot::Sender<Accepted>,
     },
+    /// `epoch`: the lease epoch the payment is held under; written under that epoch only.
     Intent {
         work: Work,
+        epoch: i64,
         processor: ProcessorIdx,
         requested_at: UtcMillis,
         reply: oneshot::Sender<Result<(), IntentError>>,
@@ -58,6 +60,7 @@ pub enum Op {
     /// `work.pinned` is the send this outcome is for.
     Settle {
         work: Work,
+        epoch: i64,
         settled: Settled,
         since: Instant,
     },
@@ -167,6 +170,17 @@ pub async fn run(inner: Arc<Inner>, db: Db, mut rx: mpsc::UnboundedReceiver<Op>)
 
 /// Runs one batch and answers its operations. `Err` returns the settles to try again.
 async fn execute(inner: &Arc<Inner>, db: &Db, epoch: i64, ops: Vec<Op>) -> Result<(), Vec<Op>> {
+    // Intents and outcomes of payments held under an earlier epoch of ours are void: the row
+    // was taken over (perhaps by this instance's new incarnation, which holds it anew).
+    let (ops, stale): (Vec<Op>, Vec<Op>) = ops.into_iter().partition(|op| match op {
+        Op::Intent { epoch: e, .. } | Op::Settle { epoch: e, .. } => *e == epoch,
+        _ => true,
+    });
+    for op in stale {
+        if let Op::Intent { reply, .. } = op {
+            let _ = reply.send(Err(IntentError::Stale));
+        }
+    }
     let session = match db.session().await {
         Ok(s) => s,
         Err(e) => {
@@ -281,10 +295,19 @@ async fn statement(inner: &Inner, session: &Session, epoch: i64, ops: &[Op]) -> 
     // A repeat that raced another instance's insert: read the row that won.
     let unseen: Vec<uuid::Uuid> =
         out.accepted.iter().filter(|(_, a)| **a == Accepted::Unavailable).map(|(id, _)| uuid::Uuid::from_u128(*id)).collect();
+    // The batch has committed by now: a failure of this read must not fail it (those repeats
+    // get 503 and their clients ask again).
     if !unseen.is_empty() {
-        for row in timed(session.client.query(&session.st.reread, &[&unseen])).await? {
-            let id: uuid::Uuid = row.get(0);
-            out.accepted.insert(id.as_u128(), Accepted::Existing(row.get(1)));
+        match timed(session.client.query(&session.st.reread, &[&unseen])).await {
+            Ok(rows) => {
+                for row in rows {
+                    let id: uuid::Uuid = row.get(0);
+                    out.accepted.insert(id.as_u128(), Accepted::Existing(row.get(1)));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, payments = unseen.len(), "could not read back repeats that raced another instance; they get 503")
+            }
         }
     }
     Ok(out)
@@ -301,11 +324,11 @@ fn answer(inner: &Arc<Inner>, epoch: i64, ops: Vec<Op>, rows: Rows) {
                 let a = rows.accepted.get(&id.0).copied().unwrap_or(Accepted::Unavailable);
                 if a == Accepted::Inserted {
                     let pinned = routed.then_some((0, accepted_at));
-                    inner.adopt(epoch, id, Held { cents, accepted_at, status: to_status(pinned), ticket: 0 }, routed, true);
+                    inner.adopt(epoch, id, Held { cents, accepted_at, status: to_status(pinned), ticket: 0, epoch }, routed, true);
                 }
                 let _ = reply.send(a);
             }
-            Op::Intent { work, processor, requested_at, reply } => {
+            Op::Intent { work, processor, requested_at, reply, .. } => {
                 // Not taken: no longer pending under our epoch (purged, taken over, fenced).
                 let r = if rows.took.contains(&work.id.0) {
                     inner.mark_sent(work, processor, requested_at);
@@ -353,8 +376,8 @@ fn refuse(ops: Vec<Op>) -> Vec<Op> {
     keep
 }
 
-/// A payment's row as read back: cents, status, processor, requested_at, epoch.
-type RowState = (i64, i16, Option<String>, Option<i64>, i64);
+/// A payment's row as read back: cents, status, processor, requested_at, epoch, accepted_at.
+type RowState = (i64, i16, Option<String>, Option<i64>, i64, i64);
 
 /// The answer was lost: reconnect (with backoff) and read back every payment the batch
 /// touched before answering anything.
@@ -391,7 +414,7 @@ async fn reread(inner: &Arc<Inner>, db: &Db, epoch: i64, ops: Vec<Op>, pid: i32,
     let mut rows: rustc_hash::FxHashMap<u128, RowState> = Default::default();
     for r in found {
         let id: uuid::Uuid = r.get(0);
-        rows.insert(id.as_u128(), (r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)));
+        rows.insert(id.as_u128(), (r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6)));
     }
     let mut keep = Vec::new();
     for op in ops {
@@ -399,9 +422,9 @@ async fn reread(inner: &Arc<Inner>, db: &Db, epoch: i64, ops: Vec<Op>, pid: i32,
             Op::Accept { id, cents, accepted_at, routed, reply } => {
                 let a = match rows.get(&id.0) {
                     // Ours (our epoch): the insert committed.
-                    Some((c, _, _, _, e)) if *e == epoch && *c == cents.get() as i64 => {
+                    Some((c, _, _, _, e, at)) if *e == epoch && *c == cents.get() as i64 && *at == accepted_at.0 => {
                         let pinned = routed.then_some((0, accepted_at));
-                        inner.adopt(epoch, id, Held { cents, accepted_at, status: to_status(pinned), ticket: 0 }, routed, true);
+                        inner.adopt(epoch, id, Held { cents, accepted_at, status: to_status(pinned), ticket: 0, epoch }, routed, true);
                         Accepted::Inserted
                     }
                     Some((c, ..)) => Accepted::Existing(*c),
@@ -409,9 +432,9 @@ async fn reread(inner: &Arc<Inner>, db: &Db, epoch: i64, ops: Vec<Op>, pid: i32,
                 };
                 let _ = reply.send(a);
             }
-            Op::Intent { work, processor, requested_at, reply } => {
+            Op::Intent { work, processor, requested_at, reply, .. } => {
                 let name = inner.names[usize::from(processor)].as_str();
-                let took = rows.get(&work.id.0).is_some_and(|(_, status, p, at, e)| {
+                let took = rows.get(&work.id.0).is_some_and(|(_, status, p, at, e, _)| {
                     *e == epoch && *status == 1 && p.as_deref() == Some(name) && *at == Some(requested_at.0)
                 });
                 let r = if took {
