@@ -74,7 +74,8 @@ pub async fn run_with(
                 instance_id,
                 lease: config.lease,
                 health_interval: config.health_interval,
-                purge_timeout: config.lease + config.upstream_timeout + Duration::from_millis(PROBE_MARGIN_MS),
+                // A resolver's attempt holds the send gate for up to three upstream requests.
+                purge_timeout: config.lease + config.upstream_timeout * 3 + Duration::from_millis(PROBE_MARGIN_MS),
             };
             let (handle, tasks) = crate::cluster::start(
                 cluster,

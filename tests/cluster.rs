@@ -225,6 +225,19 @@ async fn a_purge_from_one_instance_purges_the_cluster() {
     let s = http.gateway_summary(&b, "").await;
     let total = common::totals_of(&s, "default").1 + common::totals_of(&s, "fallback").1;
     assert_eq!(total, 10 * 500, "{s}");
+    // An instance that starts after the purge owes it nothing: what it accepts while its first
+    // heartbeats come and go (a slow processor keeps them in flight) is forwarded.
+    http.set_delay(&c.default, 1_200).await;
+    let mut c = c;
+    let late = c.add_instance(&[]).await;
+    for _ in 0..5 {
+        assert_eq!(post(&http, &late, CorrelationId::random(), "1.00").await, StatusCode::ACCEPTED);
+    }
+    eventually(Duration::from_secs(20), "the late instance's payments to be processed", || async {
+        let s = http.gateway_summary(&late, "").await;
+        common::totals_of(&s, "default").0 + common::totals_of(&s, "fallback").0 == 15
+    })
+    .await;
 }
 
 /// A free loopback port (bound and released: another process could take it, tests accept that).

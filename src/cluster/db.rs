@@ -186,7 +186,7 @@ impl Statements {
                 .prepare(
                     "INSERT INTO paygate_leases (epoch, owner, expires_at, purge_ack)
                      SELECT nextval('paygate_epochs'), $1, now() + $2::int8 * interval '1 millisecond', purge_requested
-                     FROM paygate_cluster RETURNING epoch, purge_ack",
+                     FROM paygate_cluster RETURNING epoch, purge_ack, (SELECT purge_done FROM paygate_cluster)",
                 )
                 .await?,
             purge_request: c.prepare("UPDATE paygate_cluster SET purge_requested = purge_requested + 1 RETURNING purge_requested").await?,
@@ -204,6 +204,9 @@ pub struct Session {
     /// The server process serving this session: after a lost answer, the statement it may
     /// still be running must end before anyone reads what it wrote ([`await_ended`]).
     pub pid: i32,
+    /// When that process started (with `pid`, it names the process even after a failover
+    /// to a server whose pids overlap).
+    pub started: String,
 }
 
 /// Server-side limit of every statement of ours: a statement whose client vanished ends within
@@ -213,10 +216,14 @@ pub const SERVER_STATEMENT_TIMEOUT_MS: u64 = 10_000;
 /// Waits until server process `pid` (a session whose answer was lost) has ended, terminating it:
 /// until then a statement it runs may still commit, and a read could not tell. Gives up waiting
 /// once the server's own statement timeout has surely ended the statement.
-pub async fn await_ended(s: &Session, pid: i32, lost_at: std::time::Instant) -> Result<(), DbError> {
+pub async fn await_ended(s: &Session, pid: i32, started: &str, lost_at: std::time::Instant) -> Result<(), DbError> {
     let bound = Duration::from_millis(SERVER_STATEMENT_TIMEOUT_MS + 2_000);
     loop {
-        let alive = timed(s.client.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1::int4", &[&pid])).await?;
+        let alive = timed(s.client.query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1::int4 AND backend_start::text = $2::text",
+            &[&pid, &started],
+        ))
+        .await?;
         if alive.is_empty() || lost_at.elapsed() >= bound {
             return Ok(());
         }
@@ -311,8 +318,8 @@ impl Db {
             open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         });
         let st = timed(Statements::prepare(&client)).await?;
-        let pid: i32 = timed(client.query_one("SELECT pg_backend_pid()", &[])).await?.get(0);
-        let s = Arc::new(Session { client, st, pid });
+        let me = timed(client.query_one("SELECT pid, backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()", &[])).await?;
+        let s = Arc::new(Session { client, st, pid: me.get(0), started: me.get(1) });
         *slot = Some(s.clone());
         tracing::info!(role, "database session open");
         Ok(s)

@@ -27,8 +27,10 @@ pub async fn register(inner: &Inner, s: &Session) -> Result<i64, super::DbError>
     let row = timed(s.client.query_one(&s.st.register, &[&inner.instance, &lease_ms])).await?;
     // Purges asked for before this incarnation are not ours to join (the lease row says so
     // too: its purge_ack starts at them).
-    let (epoch, purge_asked): (i64, i64) = (row.get(0), row.get(1));
+    let (epoch, purge_asked, purge_done): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
     inner.purge_joined.fetch_max(purge_asked, Ordering::AcqRel);
+    // Purges done before this incarnation emptied nothing it holds.
+    inner.purge_applied.fetch_max(purge_done, Ordering::AcqRel);
     inner.epoch.store(epoch, Ordering::Release);
     inner.lease_ok.store(true, Ordering::Relaxed);
     tracing::info!(instance = %inner.instance, epoch, "lease registered");
@@ -97,6 +99,11 @@ pub async fn run(handle: ClusterHandle, db: super::Db) {
             *d = (*d).max(done);
             newer
         });
+        // A purge finished without us (our part timed out, or we joined too late): drop what
+        // we held of the purged books all the same.
+        if done > inner.purge_applied.load(Ordering::Acquire) && !*inner.purging.borrow() {
+            apply_purge(&inner, done);
+        }
         if requested > inner.purge_joined.load(Ordering::Acquire) {
             tokio::spawn(participate(handle.clone(), requested));
         }
@@ -188,19 +195,27 @@ async fn participate(handle: ClusterHandle, g: i64) {
     let mut done = inner.purge_done.subscribe();
     let finished = acked.await && tokio::time::timeout_at(deadline.into(), done.wait_for(|d| *d >= g)).await.is_ok_and(|r| r.is_ok());
     if finished {
-        let dropped = {
-            let mut local = inner.lock();
-            let n = local.len();
-            local.clear();
-            n
-        };
-        inner.generation.send_modify(|x| *x += 1);
-        tracing::info!(purge = g, dropped, "purge applied here");
+        apply_purge(&inner, g);
     } else {
         tracing::warn!(purge = g, "purge did not finish in time; carrying on with the books as they are");
     }
     inner.purging.send_replace(false);
     drop(paused);
+}
+
+/// Drops every payment held here and voids every work item: purge `g` emptied the books.
+fn apply_purge(inner: &Inner, g: i64) {
+    if inner.purge_applied.fetch_max(g, Ordering::AcqRel) >= g {
+        return;
+    }
+    let dropped = {
+        let mut local = inner.lock();
+        let n = local.len();
+        local.clear();
+        n
+    };
+    inner.generation.send_modify(|x| *x += 1);
+    tracing::info!(purge = g, dropped, "purge applied here");
 }
 
 /// Runs a purge from this instance: asks every instance to join, waits for each live one to

@@ -87,6 +87,8 @@ pub struct Inner {
     pub takeovers: AtomicU64,
     /// The newest purge this instance has joined.
     pub(crate) purge_joined: AtomicI64,
+    /// The newest purge whose books this instance has dropped.
+    pub(crate) purge_applied: AtomicI64,
     /// Database sessions open now.
     sessions: Arc<AtomicI64>,
 }
@@ -232,6 +234,7 @@ pub async fn start(
         db_log: std::sync::Mutex::new(crate::logs::LogLimiter::new(Duration::from_millis(10_000))),
         takeovers: AtomicU64::new(0),
         purge_joined: AtomicI64::new(0),
+        purge_applied: AtomicI64::new(0),
         sessions: open.clone(),
     });
     lease::register(&inner, &session).await.map_err(|e| format!("cannot register this instance: {e}"))?;

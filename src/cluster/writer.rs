@@ -210,7 +210,7 @@ async fn execute(inner: &Arc<Inner>, db: &Db, epoch: i64, ops: Vec<Op>) -> Resul
             }
             match e {
                 DbError::Refused(_) => Err(refuse(ops)),
-                DbError::Lost(_) => Err(reread(inner, db, epoch, ops, session.pid, started).await),
+                DbError::Lost(_) => Err(reread(inner, db, epoch, ops, (session.pid, session.started.clone()), started).await),
             }
         }
     }
@@ -381,7 +381,7 @@ type RowState = (i64, i16, Option<String>, Option<i64>, i64, i64);
 
 /// The answer was lost: reconnect (with backoff) and read back every payment the batch
 /// touched before answering anything.
-async fn reread(inner: &Arc<Inner>, db: &Db, epoch: i64, ops: Vec<Op>, pid: i32, lost_at: Instant) -> Vec<Op> {
+async fn reread(inner: &Arc<Inner>, db: &Db, epoch: i64, ops: Vec<Op>, old: (i32, String), lost_at: Instant) -> Vec<Op> {
     let ids: Vec<uuid::Uuid> =
         ops.iter().filter(|op| !matches!(op, Op::Settle { .. })).filter_map(|op| op.id().map(uuid::Uuid::from_u128)).collect();
     if ids.is_empty() {
@@ -392,7 +392,7 @@ async fn reread(inner: &Arc<Inner>, db: &Db, epoch: i64, ops: Vec<Op>, pid: i32,
         // The lost statement may still be running on its server process, and commit after a
         // read that did not see it: it must end first.
         let got = match db.session().await {
-            Ok(s) => match super::db::await_ended(&s, pid, lost_at).await {
+            Ok(s) => match super::db::await_ended(&s, old.0, &old.1, lost_at).await {
                 Ok(()) => timed(s.client.query(&s.st.reread, &[&ids])).await.map(|rows| (s, rows)),
                 Err(e) => Err(e),
             },
