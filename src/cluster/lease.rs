@@ -208,18 +208,12 @@ fn apply_purge(inner: &Inner, g: i64) {
     if inner.purge_applied.fetch_max(g, Ordering::AcqRel) >= g {
         return;
     }
-    let dropped = {
-        let mut local = inner.lock();
-        let n = local.len();
-        local.clear();
-        n
-    };
-    inner.generation.send_modify(|x| *x += 1);
+    let dropped = inner.drop_held();
     tracing::info!(purge = g, dropped, "purge applied here");
 }
 
 /// Runs a purge from this instance: asks every instance to join, waits for each live one to
-/// be ready, then empties the payments in one transaction.
+/// be ready, then empties the payments in one statement.
 pub async fn purge(handle: &ClusterHandle) -> Result<(), String> {
     let inner = &handle.inner;
     let s = handle.reader.session().await.map_err(|e| e.to_string())?;

@@ -145,12 +145,9 @@ impl Inner {
         }
     }
 
-    /// This incarnation's lease is gone (another instance took its payments over): drop every
-    /// payment held here and register anew.
-    pub fn fenced(&self, epoch: i64) {
-        if self.epoch.compare_exchange(epoch, 0, Ordering::AcqRel, Ordering::Acquire).is_err() || epoch == 0 {
-            return;
-        }
+    /// Drops every payment held here and voids every work item (a new generation); returns
+    /// how many it dropped.
+    pub fn drop_held(&self) -> usize {
         let dropped = {
             let mut local = self.lock();
             let n = local.len();
@@ -158,6 +155,16 @@ impl Inner {
             n
         };
         self.generation.send_modify(|g| *g += 1);
+        dropped
+    }
+
+    /// This incarnation's lease is gone (another instance took its payments over): drop every
+    /// payment held here and register anew.
+    pub fn fenced(&self, epoch: i64) {
+        if self.epoch.compare_exchange(epoch, 0, Ordering::AcqRel, Ordering::Acquire).is_err() || epoch == 0 {
+            return;
+        }
+        let dropped = self.drop_held();
         self.lease_ok.store(false, Ordering::Relaxed);
         tracing::warn!(epoch, dropped, "this instance's lease was lost; its payments are another's now; registering again");
         self.register.notify_one();
